@@ -1,0 +1,23 @@
+"""akviz: adaptive kernels of feature-learning infinite-width networks.
+
+Lazy baselines (NNGP, NTK), the Bayesian adaptive kernel (aNBK) and the
+weight-decay adaptive NTK (aNTK) of Lauditi, Bordelon & Pehlevan (ICML 2025),
+with datasets, metrics and finite-width checks. Computation is JAX in float64
+(enabled per call, not globally), on the CPU or a GPU when JAX sees one.
+"""
+
+from .activations import Activation, get_activation, list_activations, register_activation
+from .data import DEFAULT_DATASET, Dataset, list_datasets, load_cifar10, load_dataset, load_mnist, read_idx
+from .kernels import LazyKernels, input_kernel, lazy_kernels, nngp, ntk, train_test_kernels
+from .lazy import LazyResult, lazy_predictor
+from .regression import alignment, classification_error, kernel_ridge, mse
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Activation", "get_activation", "list_activations", "register_activation",
+    "DEFAULT_DATASET", "Dataset", "list_datasets", "load_cifar10", "load_dataset", "load_mnist", "read_idx",
+    "LazyKernels", "input_kernel", "lazy_kernels", "nngp", "ntk", "train_test_kernels",
+    "LazyResult", "lazy_predictor",
+    "alignment", "classification_error", "kernel_ridge", "mse",
+]
