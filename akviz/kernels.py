@@ -13,8 +13,10 @@ All functions are pure functions of arrays and return float64 NumPy arrays.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -56,8 +58,15 @@ def _check_depth(depth):
 
 
 def _symmetric_expectations(act, diag, k, method):
-    """Expectations on the upper triangle only (half the quadrature work), mirrored exactly."""
+    """Pairwise expectations of a symmetric kernel, exactly symmetric.
+
+    Quadrature runs on the upper triangle only (half the work); closed forms
+    are cheap, so they run on the full matrix and are symmetrised.
+    """
     n = diag.shape[0]
+    if act.closed_form is not None and method != "quadrature":
+        full = act.expectations(diag[:, None], diag[None, :], k, method=method)
+        return [0.5 * (m + m.T) for m in full]
     rows, cols = np.triu_indices(n)
     upper = act.expectations(diag[rows], diag[cols], k[rows, cols], method=method)
     out = []
@@ -65,6 +74,19 @@ def _symmetric_expectations(act, diag, k, method):
         m = jnp.zeros((n, n), vals.dtype).at[rows, cols].set(vals)
         out.append(m + jnp.triu(m, 1).T)
     return out
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _layer(act, method, same, k_prev, diag1, diag2, ntk_prev):
+    """One step of the recursion: (Phi^{l-1}, K^{l-1}) -> (Phi^l, dPhi^l, K^l) and new diagonals."""
+    phi_d1, _ = act.expectations(diag1, diag1, diag1, method=method)
+    if same:
+        phi12, dphi12 = _symmetric_expectations(act, diag1, k_prev, method)
+        phi_d2 = phi_d1
+    else:
+        phi12, dphi12 = act.expectations(diag1[:, None], diag2[None, :], k_prev, method=method)
+        phi_d2, _ = act.expectations(diag2, diag2, diag2, method=method)
+    return phi12, dphi12, phi12 + ntk_prev * dphi12, phi_d1, phi_d2
 
 
 @float64
@@ -90,14 +112,7 @@ def lazy_kernels(x1, x2=None, *, depth: int, activation="relu", method: str = "a
     k_prev, prev_diag1, prev_diag2 = c12, d1, d2  # Phi^{l-1} and its diagonals
     ntk_prev = c12  # K^0 := C makes the recursion uniform
     for _ in range(depth):
-        phi_d1, _ = act.expectations(prev_diag1, prev_diag1, prev_diag1, method=method)
-        if same:
-            phi12, dphi12 = _symmetric_expectations(act, prev_diag1, k_prev, method)
-            phi_d2 = phi_d1
-        else:
-            phi12, dphi12 = act.expectations(prev_diag1[:, None], prev_diag2[None, :], k_prev, method=method)
-            phi_d2, _ = act.expectations(prev_diag2, prev_diag2, prev_diag2, method=method)
-        ntk12 = phi12 + ntk_prev * dphi12
+        phi12, dphi12, ntk12, phi_d1, phi_d2 = _layer(act, method, same, k_prev, prev_diag1, prev_diag2, ntk_prev)
         phis.append(np.asarray(phi12))
         dphis.append(np.asarray(dphi12))
         ntks.append(np.asarray(ntk12))

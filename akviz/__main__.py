@@ -1,0 +1,7 @@
+"""``python -m akviz``: see :mod:`akviz.cli`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

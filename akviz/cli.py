@@ -1,0 +1,185 @@
+"""Command line: ``python -m akviz {datasets,solve}``.
+
+Bad arguments exit with status 2 and one readable line on stderr, never a
+traceback; ``solve --json`` prints exactly one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import numpy as np
+
+METHODS = ("nngp", "ntk", "anbk", "antk")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line (argparse prints usage + message)."""
+
+    def error(self, message):
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _nonnegative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_float(text):
+    value = _nonnegative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m akviz", description="Adaptive kernels of feature-learning infinite-width networks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ds = sub.add_parser("datasets", help="list the datasets")
+    ds.add_argument("--data-dir", default=None, help="folder with MNIST/CIFAR-10 files (default $AKVIZ_DATA_DIR or ~/.cache/akviz)")
+    ds.add_argument("--json", action="store_true", help="print JSON")
+
+    sv = sub.add_parser("solve", help="fit a kernel predictor and report its scores")
+    sv.add_argument("--method", choices=METHODS, default="nngp")
+    sv.add_argument("--dataset", default="digits:3v8")
+    sv.add_argument("--data-dir", default=None, help="folder with MNIST/CIFAR-10 files")
+    sv.add_argument("--n-train", type=_positive_int, default=100)
+    sv.add_argument("--n-test", type=_positive_int, default=200)
+    sv.add_argument("--seed", type=int, default=0)
+    sv.add_argument("--depth", type=_positive_int, default=1, help="number of hidden layers L >= 1")
+    sv.add_argument("--activation", default="relu")
+    sv.add_argument("--ridge", type=_nonnegative_float, default=None,
+                    help="ridge for nngp/ntk (default 1e-2)")
+    sv.add_argument("--gamma0", type=_nonnegative_float, default=None, help="feature-learning strength (anbk, antk)")
+    sv.add_argument("--beta", type=_positive_float, default=None, help="inverse temperature (anbk)")
+    sv.add_argument("--weight-decay", type=_positive_float, default=None, help="weight decay lambda (antk)")
+    sv.add_argument("--samples", type=_positive_int, default=None, help="Monte Carlo samples / neurons (anbk, antk)")
+    sv.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _jsonable(value):
+    """NumPy scalars/arrays to plain Python; NaN/inf to null so the output is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _cmd_datasets(args):
+    from .activations import list_activations
+    from .data import list_datasets
+
+    rows = list_datasets(args.data_dir)
+    if args.json:
+        print(json.dumps({"datasets": [{"name": n, "description": d, "available": a} for n, d, a in rows],
+                          "activations": list_activations()}))
+        return 0
+    width = max(len(n) for n, _, _ in rows)
+    for name, desc, available in rows:
+        print(f"{name:<{width}}  {desc}{'' if available else '  [files not found]'}")
+    print(f"\nactivations: {', '.join(list_activations())}")
+    return 0
+
+
+def _require(args, *names):
+    for name in names:
+        if getattr(args, name) is None:
+            raise _UsageError(f"--method {args.method} needs --{name.replace('_', '-')}")
+
+
+def solve(args) -> dict:
+    """Run one solver from parsed arguments; returns the JSON-ready summary."""
+    from .activations import get_activation
+    from .data import load_dataset
+    from .lazy import lazy_predictor
+
+    get_activation(args.activation)  # fail on a bad name before loading data
+    start = time.perf_counter()
+    ds = load_dataset(args.dataset, args.n_train, args.n_test, args.seed, data_dir=args.data_dir)
+    out = {"method": args.method, "dataset": args.dataset, "n_train": args.n_train, "n_test": args.n_test,
+           "seed": args.seed, "depth": args.depth, "activation": args.activation}
+    if args.method in ("nngp", "ntk"):
+        ridge = 1e-2 if args.ridge is None else args.ridge
+        r = lazy_predictor(ds, method=args.method, depth=args.depth, activation=args.activation, ridge=ridge)
+        out.update(ridge=ridge, test_loss=r.test_loss, train_loss=r.train_loss, test_error=r.test_error,
+                   alignment=r.alignment, converged=True)
+    elif args.method == "anbk":
+        _require(args, "gamma0", "beta")
+        from . import anbk
+
+        kw = {} if args.samples is None else {"samples": args.samples}
+        r = anbk(ds, gamma0=args.gamma0, beta=args.beta, depth=args.depth, activation=args.activation,
+                 seed=args.seed, **kw)
+        out.update(r.to_json_dict())
+    else:
+        _require(args, "gamma0", "weight_decay")
+        from . import antk
+
+        kw = {} if args.samples is None else {"samples": args.samples}
+        r = antk(ds, gamma0=args.gamma0, weight_decay=args.weight_decay, depth=args.depth,
+                 activation=args.activation, seed=args.seed, **kw)
+        out.update(r.to_json_dict())
+    out["seconds"] = time.perf_counter() - start
+    return _jsonable(out)
+
+
+def _print_summary(summary: dict):
+    for key, value in summary.items():
+        if isinstance(value, float):
+            value = f"{value:.6g}"
+        elif isinstance(value, list) and value and isinstance(value[0], float):
+            value = "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
+        print(f"{key:>14}: {value}")
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "datasets":
+            return _cmd_datasets(args)
+        summary = solve(args)
+    except _UsageError as exc:
+        print(f"akviz: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"akviz: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_summary(summary)
+    return 0

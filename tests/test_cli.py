@@ -1,0 +1,46 @@
+"""The command line: valid JSON on success, exit 2 and one line on bad arguments."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "akviz", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_solve_nngp_json():
+    out = _run("solve", "--method", "nngp", "--dataset", "digits:3v8", "--n-train", "100", "--n-test", "200",
+               "--seed", "0", "--depth", "1", "--activation", "relu", "--ridge", "0.01", "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)  # exactly one JSON object
+    for key in ("method", "dataset", "n_train", "n_test", "depth", "activation", "test_loss", "train_loss",
+                "test_error", "alignment", "seconds"):
+        assert key in summary
+    assert summary["test_loss"] < 1.0 and len(summary["alignment"]) == 1
+
+
+def test_datasets_lists_embedded_ones():
+    out = _run("datasets", "--json")
+    assert out.returncode == 0
+    names = [d["name"] for d in json.loads(out.stdout)["datasets"]]
+    assert "digits:AvB" in names and "mnist:AvB" in names
+
+
+@pytest.mark.parametrize("args", [
+    ["--dataset", "nope"],
+    ["--activation", "swish"],
+    ["--n-train", "5000"],
+    ["--ridge", "-1"],
+    ["--depth", "0"],
+    ["--method", "anbk"],
+    ["--method", "magic"],
+])
+def test_bad_arguments_exit_2_with_one_line(args):
+    out = _run("solve", *args, "--json")
+    assert out.returncode == 2
+    assert out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("akviz: error:") and "Traceback" not in out.stderr
