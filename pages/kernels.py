@@ -29,8 +29,8 @@ summary = pd.DataFrame([
 ])
 st.dataframe(summary, hide_index=True, width="stretch")
 
-rows = {m.upper(): [(f"{m.upper()} layer {l + 1}", k) for l, k in enumerate(r.kernels)] for m, r in results.items()}
-st.plotly_chart(kernel_grid(rows, ds.labels_train), width="stretch", key="heatmaps")
+columns = {m.upper(): list(r.kernels) for m, r in results.items()}
+st.plotly_chart(kernel_grid(columns, ds.labels_train), width="stretch", key="heatmaps")
 st.plotly_chart(bar_by_layer({m.upper(): r.alignment for m, r in results.items()},
                              "Kernel-target alignment y^T K y / (|K|_F |y|^2)", "alignment"),
                 width="stretch", key="alignment")
