@@ -6,6 +6,7 @@ with datasets, metrics and finite-width checks. Computation is JAX in float64
 (enabled per call, not globally), on the CPU or a GPU when JAX sees one.
 """
 
+from .anbk import ANBKResult, anbk, preactivation_histogram, preactivation_samples
 from .activations import Activation, get_activation, list_activations, register_activation
 from .data import DEFAULT_DATASET, Dataset, list_datasets, load_cifar10, load_dataset, load_mnist, read_idx
 from .kernels import LazyKernels, input_kernel, lazy_kernels, nngp, ntk, train_test_kernels
@@ -20,4 +21,5 @@ __all__ = [
     "LazyKernels", "input_kernel", "lazy_kernels", "nngp", "ntk", "train_test_kernels",
     "LazyResult", "lazy_predictor",
     "alignment", "classification_error", "kernel_ridge", "mse",
+    "ANBKResult", "anbk", "preactivation_histogram", "preactivation_samples",
 ]

@@ -1,0 +1,905 @@
+"""The adaptive Neural Bayesian Kernel (aNBK): saddle point of wide Bayesian networks.
+
+THEORY.md section 3. For ``L`` hidden layers the kernels ``Phi^l`` (train
+block, ``P x P``) and their conjugates ``hatPhi^l`` solve
+
+    Phi^l    = <phi(h) phi(h)^T>_l,   p_l(h) ∝ N(h; 0, Phi^{l-1}) exp(-phi^T hatPhi^l phi / 2)
+    hatPhi^L = -gamma0^2 a a^T,       a = (Phi^L + I/beta)^-1 y
+    hatPhi^l = -(Phi^l)^+ (<h h^T>_{l+1} - Phi^l) (Phi^l)^+          (l < L)
+
+with ``Phi^0 = C``. We write ``M_l = -hatPhi^l`` (the tilt ``exp(+phi^T M phi/2)``)
+and work in whitened coordinates ``h = R u``, ``R = (Phi^{l-1})^{1/2}``
+(symmetric square root), so the prior is ``u ~ N(0, I)`` whatever the
+state; then ``hatPhi^l = -R_l^+ (<u u^T>_{l+1} - I) R_l^+``, which needs no
+inverse of a possibly singular ``C``.
+
+Solvers (``method``):
+
+* ``"exact"`` (default for ``activation="linear"``): all integrals are
+  Gaussian, ``Phi^l = K + K M (I - K M)^-1 K`` with ``K = Phi^{l-1}``; the
+  fixed point is found by Anderson-accelerated iteration to machine precision.
+* ``"mala"`` (default otherwise): persistent MALA chains per layer sample the
+  tilted density of the current state; the pooled chain samples are then used
+  as an importance-sampling proposal with *common random numbers*, so the
+  stationarity map ``Phi -> <phi phi^T>`` becomes a smooth deterministic map
+  that an Anderson-accelerated fixed-point iteration solves (weights
+  ``exp(logt_new(u) - logt_ref(u))``, valid because the base measure of
+  ``u`` never changes). Chains are re-run at the new state and the loop
+  repeats until the residual measured on *fresh* samples (never the ones
+  that produced the state) is below ``tol``.
+* ``"is"``: the same inner solve with samples from the prior Gaussian (plain
+  importance sampling, the cheap method that degenerates as ``gamma0`` grows;
+  kept for comparison and for mild tilts).
+
+Honesty checks: ESS of the importance weights, the Monte Carlo standard error
+of the kernels (batch means over independent chain groups), and a
+normalisability test: for positively homogeneous ``phi`` the log tilt grows
+like ``kappa(u_hat) |u|^2 / 2`` along rays, and the tilted density exists only
+if ``sup kappa < 1``; we estimate ``sup kappa`` by projected ascent on the
+sphere from the chain samples. Failure never raises: ``converged=False`` and
+a message naming the cause.
+
+Test points (THEORY.md 3.2): layer by layer, test preactivations are drawn
+from the Gaussian conditional given the train block (the tilt acts on train
+points only), and reuse the train samples' weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._precision import float64
+from .activations import Activation, get_activation
+from .data import as_arrays
+from .kernels import input_kernel, lazy_kernels
+from .regression import alignment as _alignment
+from .regression import kernel_ridge, score
+
+#: ESS (fraction of samples) below which an importance-sampling result is not trusted.
+ESS_FLOOR = 0.05
+#: Chain groups for batch-means standard errors (chains are independent across groups).
+_GROUPS = 16
+#: Relative eigenvalue cutoff of the kernel square roots (C is singular when P > D).
+_EIG_CUTOFF = 1e-11
+
+
+# ---------------------------------------------------------------- result
+
+
+@dataclasses.dataclass
+class ANBKResult:
+    """Saddle point of the aNBK action and its kernel predictor (scipy.optimize style).
+
+    Attributes:
+      kernels: ``(L, P, P)`` layer kernels ``Phi^1..Phi^L`` on train.
+      kernels_full: ``(L, P+Q, P+Q)`` the same on train+test (THEORY.md 3.2).
+      duals: ``(L, P, P)`` conjugate kernels ``hatPhi^l``.
+      train_predictions, test_predictions: ``Phi^L(x, X) (Phi^L + I/beta)^-1 y``.
+      test_loss, train_loss, test_error: MSEs and sign error (NaN for real targets).
+      alignment: per-layer kernel-target alignment on train.
+      converged: True when the saddle residual (fresh samples) is below ``tol``
+        and every honesty check passed.
+      iterations: outer iterations (chain refreshes; exact: fixed-point steps).
+      residual: dict with ``phi`` (per layer ``||Phi - <phi phi^T>|| / ||Phi||``,
+        Frobenius, on samples independent of the state), ``dual`` (per layer,
+        same for ``hatPhi``), ``mc_error`` (per layer, Monte Carlo standard error
+        of ``<phi phi^T>`` relative to ``||Phi||``) and ``max`` (max of ``phi``).
+      ess: per-layer effective sample size of the final weights, fraction of samples.
+      action: the action ``S`` at the saddle (Monte Carlo estimate of ``ln Z``).
+      history: one dict per iteration (action, residual, ess, alignment, seconds).
+      message: a sentence saying what happened (and why not, when not converged).
+      seconds: wall time.
+      gamma0, beta, depth, activation, samples, method, seed: the settings.
+    """
+
+    kernels: np.ndarray
+    kernels_full: np.ndarray
+    duals: np.ndarray
+    train_predictions: np.ndarray
+    test_predictions: np.ndarray
+    test_loss: float
+    train_loss: float
+    test_error: float
+    alignment: list
+    converged: bool
+    iterations: int
+    residual: dict
+    ess: list
+    action: float
+    history: list
+    message: str
+    seconds: float
+    gamma0: float
+    beta: float
+    depth: int
+    activation: str
+    samples: int
+    method: str
+    seed: int
+    _state: dict = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def success(self) -> bool:  # scipy.optimize spelling
+        return self.converged
+
+    @property
+    def mc_error(self) -> list:
+        """Per-layer relative Monte Carlo standard error of the kernels (0 for exact)."""
+        return list(self.residual["mc_error"])
+
+    def to_json_dict(self) -> dict:
+        """JSON-serialisable summary (scalars and per-layer lists)."""
+        def f(x):
+            x = float(x)
+            return x if math.isfinite(x) else None
+
+        return {
+            "method": "anbk", "solver": self.method,
+            "converged": bool(self.converged), "iterations": int(self.iterations),
+            "residual": f(self.residual["max"]),
+            "residual_phi": [f(r) for r in self.residual["phi"]],
+            "residual_dual": [f(r) for r in self.residual["dual"]],
+            "mc_error": [f(r) for r in self.residual["mc_error"]],
+            "ess": f(min(self.ess)), "ess_per_layer": [f(e) for e in self.ess],
+            "test_loss": f(self.test_loss), "train_loss": f(self.train_loss),
+            "test_error": f(self.test_error),
+            "alignment": [f(a) for a in self.alignment],
+            "action": f(self.action),
+            "gamma0": float(self.gamma0), "beta": float(self.beta), "depth": int(self.depth),
+            "activation": self.activation, "samples": int(self.samples), "seed": int(self.seed),
+            "seconds": float(self.seconds), "message": self.message,
+        }
+
+
+# ---------------------------------------------------------------- linear algebra helpers
+
+
+def _sqrt_and_pinv(k):
+    """Symmetric ``K^{1/2}`` and its pseudo-inverse (eigenvalues below a relative cutoff dropped)."""
+    k = 0.5 * (k + k.T)
+    lam, vec = jnp.linalg.eigh(k)
+    keep = lam > _EIG_CUTOFF * jnp.maximum(lam[-1], 1e-300)
+    s = jnp.sqrt(jnp.where(keep, lam, 0.0))
+    sinv = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
+    return (vec * s) @ vec.T, (vec * sinv) @ vec.T
+
+
+def _np_sqrt_pinv(k):
+    r, ri = _sqrt_and_pinv(jnp.asarray(k))
+    return np.asarray(r), np.asarray(ri)
+
+
+def _rel(a, b):
+    nb = np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / nb) if nb > 0 else float(np.linalg.norm(a - b))
+
+
+class _Anderson:
+    """Anderson acceleration (type II, depth ``m``) of ``x = G(x)`` with damping ``mix``."""
+
+    def __init__(self, m=5, mix=1.0):
+        self.m, self.mix = m, mix
+        self.xs, self.fs = [], []
+
+    def reset(self):
+        self.xs, self.fs = [], []
+
+    def step(self, x, gx):
+        f = gx - x
+        self.xs.append(x)
+        self.fs.append(f)
+        if len(self.xs) > self.m + 1:
+            self.xs.pop(0)
+            self.fs.pop(0)
+        if len(self.xs) == 1:
+            return x + self.mix * f
+        df = np.stack([self.fs[i + 1] - self.fs[i] for i in range(len(self.fs) - 1)], 1)
+        dx = np.stack([self.xs[i + 1] - self.xs[i] for i in range(len(self.xs) - 1)], 1)
+        gamma = np.linalg.lstsq(df, f, rcond=None)[0]
+        return x + self.mix * f - (dx + self.mix * df) @ gamma
+
+
+def _is_psd(phis, floor=-1e-10):
+    return all(np.linalg.eigvalsh(0.5 * (p + p.T))[0] >= floor * max(np.abs(p).max(), 1.0) for p in phis)
+
+
+# ---------------------------------------------------------------- exact (linear) solver
+
+
+def _linear_sweep(phis, c, y, g2, inv_beta):
+    """One backward/forward pass of the exact linear stationarity map.
+
+    Returns new kernels, the tilts ``M_l``, and the normalisability margin
+    ``min_l (1 - lambda_max(R^T M R))`` (must stay > 0).
+    """
+    depth = len(phis)
+    p = c.shape[0]
+    priors = [c] + list(phis[:-1])
+    a = np.linalg.solve(phis[-1] + inv_beta * np.eye(p), y)
+    m = g2 * np.outer(a, a)
+    new, ms, margin = [None] * depth, [None] * depth, np.inf
+    for l in reversed(range(depth)):
+        k = priors[l]
+        r, rinv = _np_sqrt_pinv(k)
+        a_mat = np.eye(p) - r @ m @ r  # precision of u under the tilted density
+        margin = min(margin, float(np.linalg.eigvalsh(a_mat)[0]))
+        if not margin > 1e-12:  # not normalisable: nothing further is defined
+            return None, None, margin
+        su = np.linalg.solve(a_mat, np.eye(p))  # <u u^T>
+        su = 0.5 * (su + su.T)
+        new[l] = r @ su @ r
+        ms[l] = m
+        if l > 0:
+            m = rinv @ (su - np.eye(p)) @ rinv
+    return new, ms, margin
+
+
+def _linear_full(c_full, ms, p):
+    """Train+test kernels of the linear network: Gaussian tilt on the train block (Woodbury)."""
+    out = []
+    k = c_full
+    for l, m in enumerate(ms):
+        kp = k[:, :p]
+        inner = np.eye(p) - k[:p, :p] @ m
+        new = k + kp @ m @ np.linalg.solve(inner, kp.T)
+        new = 0.5 * (new + new.T)
+        out.append(new)
+        k = new
+    return out
+
+
+def _solve_exact(c_full, y, p, g2, inv_beta, depth, init, tol, max_iter, callback, start):
+    """Exact linear saddle: Anderson iteration; adaptive gamma0 continuation when the direct solve fails.
+
+    The lazy start can lie outside the set of normalisable states at large
+    gamma0 (e.g. ``gamma0^2 a^T C a > 1``) although the saddle is inside it, so
+    we walk ``gamma0`` up from a solved value, halving the step on failure.
+    """
+    c = c_full[:p, :p]
+    phis = [np.array(k) for k in (init if init is not None else _linear_lazy(c, depth))]
+    history = []
+    sol = _solve_exact_fixed(c, y, p, g2, inv_beta, depth, phis, tol, max_iter, callback, start, history)
+    if sol["converged"] or sol["message"].startswith("stopped"):
+        return sol
+    phis, g_done, step, g = _linear_lazy(c, depth), 0.0, 0.25 * math.sqrt(g2), math.sqrt(g2)
+    for _ in range(60):
+        g_try = min(g, g_done + step)
+        trial = _solve_exact_fixed(c, y, p, g_try**2, inv_beta, depth, phis, tol, max_iter, None, start, [])
+        if trial["converged"]:
+            phis, g_done, step = trial["phis"], g_try, step * 1.5
+            if g_done >= g:
+                trial["history"] = history + trial["history"]
+                trial["message"] += " (reached by gamma0 continuation)"
+                return trial
+        else:
+            step *= 0.5
+            if step < 1e-3 * g:
+                break
+    sol["message"] += f" gamma0 continuation stalled at gamma0 = {g_done:.3g}."
+    return sol
+
+
+def _solve_exact_fixed(c, y, p, g2, inv_beta, depth, phis, tol, max_iter, callback, start, history):
+    acc = _Anderson(m=6, mix=1.0)
+    converged, message = False, ""
+    resid, it = np.inf, 0
+    for it in range(1, max_iter + 1):
+        new, ms, margin = _linear_sweep(phis, c, y, g2, inv_beta)
+        if new is None:
+            message = ("the tilted density does not normalise (the tilt exp(+phi^T M phi / 2) "
+                       "outgrows the Gaussian prior); use a smaller gamma0 or a larger beta.")
+            break
+        resid = max(_rel(n, o) for n, o in zip(new, phis))
+        history.append({"iteration": it, "residual": resid, "margin": margin,
+                        "seconds": time.perf_counter() - start})
+        if callback is not None and callback(it, history[-1]) is False:
+            message = "stopped by the callback."
+            break
+        if resid < tol:
+            phis, converged = new, True
+            break
+        x = np.concatenate([q.ravel() for q in phis])
+        gx = np.concatenate([q.ravel() for q in new])
+        xn = acc.step(x, gx).reshape(depth, p, p)
+        cand = [0.5 * (q + q.T) for q in xn]
+        if _is_psd(cand) and _linear_sweep(cand, c, y, g2, inv_beta)[0] is not None:
+            phis = cand
+        else:  # Anderson left the PSD cone or the normalisable set: damped plain step, forget the history
+            acc.reset()
+            t = 1.0
+            cand = new
+            while _linear_sweep(cand, c, y, g2, inv_beta)[0] is None and t > 1e-3:
+                t *= 0.5
+                cand = [o + t * (n - o) for o, n in zip(phis, new)]
+            phis = cand
+    out, ms, margin = _linear_sweep(phis, c, y, g2, inv_beta)
+    if converged:
+        message = f"converged (exact Gaussian integrals) in {it} iterations."
+    elif not message:
+        message = (f"no convergence in {max_iter} iterations (residual {resid:.2e}); "
+                   "try a smaller gamma0, a larger beta or a warm start.")
+    if out is None:
+        converged = False
+        ms = [np.full((p, p), np.nan)] * depth
+    res_phi = [_rel(n, o) for n, o in zip(out, phis)] if out is not None else [float("inf")] * depth
+    return {"phis": phis, "ms": ms, "converged": converged, "message": message, "iterations": it,
+            "res_phi": res_phi, "res_dual": [0.0] * depth, "mc_error": [0.0] * depth,
+            "ess": [1.0] * depth, "history": history, "margin": margin}
+
+
+def _linear_lazy(c, depth):
+    return [np.array(c) for _ in range(depth)]  # identity activation: Phi^l = C
+
+
+# ---------------------------------------------------------------- Monte Carlo kernels (jitted)
+
+
+def _wall(p):
+    """Squared radius of the MCMC wall: chi-square(P) mean + 10 sd (prior mass beyond ~1e-15)."""
+    return p + 10.0 * math.sqrt(2.0 * p) + 20.0
+
+
+def _near_wall(p):
+    """Samples beyond chi-square(P) mean + 6 sd are essentially impossible under a normalisable tilt."""
+    return p + 6.0 * math.sqrt(2.0 * p) + 10.0
+
+
+@functools.lru_cache(maxsize=None)
+def _mc_functions(act: Activation, depth: int):
+    """Jitted sweep / MALA / normalisability functions for one activation and depth."""
+    phi, dphi = act.fn, act.deriv
+
+    def softmax_w(lw):
+        lw = lw - jnp.max(lw)
+        w = jnp.exp(lw)
+        return w / jnp.sum(w)
+
+    def sweep(phis, pool, ref, f0, r0, y, g2, inv_beta):
+        """Stationarity map at state ``phis`` with fixed samples ``pool`` (CRN).
+
+        ``pool[l]`` are whitened samples for layer l+1 drawn from a density with
+        log tilt ``ref[l]``; ``f0 = phi(pool[0] @ r0)`` is precomputed (layer 1's
+        prior never changes). Returns new kernels, tilts M, weights, logt, ESS.
+        """
+        p = y.shape[0]
+        eye = jnp.eye(p)
+        facs = [(r0, None)] + [_sqrt_and_pinv(phis[l]) for l in range(depth - 1)]
+        a = jnp.linalg.solve(phis[-1] + inv_beta * eye, y)
+        new, ms, ws, logts, esss = [None] * depth, [None] * depth, [None] * depth, [None] * depth, [None] * depth
+        m = g2 * jnp.outer(a, a)
+        for l in reversed(range(depth)):
+            f = f0 if l == 0 else phi(pool[l] @ facs[l][0])
+            if l == depth - 1:
+                logt = 0.5 * g2 * (f @ a) ** 2  # rank-one last tilt: O(S P)
+            else:
+                logt = 0.5 * jnp.sum((f @ m) * f, axis=-1)
+            w = softmax_w(logt - ref[l])
+            new[l] = (f * w[:, None]).T @ f
+            ms[l], ws[l], logts[l] = m, w, logt
+            esss[l] = 1.0 / (jnp.sum(w**2) * w.shape[0])
+            if l > 0:
+                suu = (pool[l] * w[:, None]).T @ pool[l]
+                rinv = facs[l][1]
+                m = rinv @ (suu - eye) @ rinv
+        return jnp.stack(new), jnp.stack(ms), jnp.stack(ws), jnp.stack(logts), jnp.stack(esss)
+
+    def group_kernels(phis, pool, w, f0, r0, groups):
+        """Per-group weighted kernels (for batch-means standard errors)."""
+        facs = [r0] + [_sqrt_and_pinv(phis[l])[0] for l in range(depth - 1)]
+        out = []
+        for l in range(depth):
+            f = f0 if l == 0 else phi(pool[l] @ facs[l])
+            s = f.shape[0]
+            fg = f.reshape(groups, s // groups, -1)
+            wg = w[l].reshape(groups, s // groups)
+            wg = wg / jnp.sum(wg, axis=1, keepdims=True)
+            out.append(jnp.einsum("gs,gsi,gsj->gij", wg, fg, fg))
+        return jnp.stack(out)
+
+    def logp_grad(u, r, m):
+        h = u @ r
+        f, d = phi(h), dphi(h)
+        mf = f @ m
+        logt = 0.5 * jnp.sum(f * mf, axis=-1)
+        grad = -u + (d * mf) @ r  # r symmetric: d/du = R^T d/dh
+        u2 = jnp.sum(u * u, axis=-1)
+        # wall at the prior's 1e-15 tail: escape cones (kappa > 1) of negligible prior mass
+        # cannot capture the chains; chains pressing on it are reported as non-normalisable
+        lp = jnp.where(u2 <= _wall(u.shape[-1]), -0.5 * u2 + logt, -jnp.inf)
+        return lp, grad, logt
+
+    def mala_layer(u, r, m, eps, key, n_burn, n_slices, thin):
+        """Persistent MALA chains for one layer; step size adapted towards 0.6 acceptance."""
+        lp, g, lt = logp_grad(u, r, m)
+
+        def step(carry, key):
+            u, lp, g, lt, eps, acc_sum = carry
+            k1, k2 = jax.random.split(key)
+            noise = jax.random.normal(k1, u.shape, u.dtype)
+            prop = u + eps * g + jnp.sqrt(2 * eps) * noise
+            lp2, g2_, lt2 = logp_grad(prop, r, m)
+            fwd = -jnp.sum((prop - u - eps * g) ** 2, axis=-1) / (4 * eps)
+            bwd = -jnp.sum((u - prop - eps * g2_) ** 2, axis=-1) / (4 * eps)
+            log_alpha = jnp.where(jnp.isfinite(lp2), lp2 - lp + bwd - fwd, -jnp.inf)
+            accept = jnp.log(jax.random.uniform(k2, lp.shape, u.dtype)) < log_alpha
+            rate = jnp.mean(accept)
+            sel = accept[:, None]
+            u, g = jnp.where(sel, prop, u), jnp.where(sel, g2_, g)
+            lp, lt = jnp.where(accept, lp2, lp), jnp.where(accept, lt2, lt)
+            eps = jnp.clip(eps * jnp.exp(0.5 * (rate - 0.6)), 1e-6, 4.0)
+            return (u, lp, g, lt, eps, acc_sum + rate), None
+
+        keys = jax.random.split(key, n_burn + n_slices * thin)
+        carry = (u, lp, g, lt, eps, 0.0)
+        carry, _ = jax.lax.scan(step, carry, keys[:n_burn])
+
+        def slice_(carry, ks):
+            carry, _ = jax.lax.scan(step, carry, ks)
+            return carry, (carry[0], carry[3])
+
+        carry, (us, lts) = jax.lax.scan(slice_, carry, keys[n_burn:].reshape(n_slices, thin, -1))
+        u, _, _, _, eps, acc_sum = carry
+        # pool ordered chain-major so that consecutive blocks are chain groups
+        pool = jnp.swapaxes(us, 0, 1).reshape(-1, u.shape[1])
+        logt = jnp.swapaxes(lts, 0, 1).reshape(-1)
+        return u, pool, logt, eps, acc_sum / (n_burn + n_slices * thin)
+
+    def mala(chains, rs, ms, eps, key, n_burn, n_slices, thin):
+        keys = jax.random.split(key, depth)
+        outs = [mala_layer(chains[l], rs[l], ms[l], eps[l], keys[l], n_burn, n_slices, thin)
+                for l in range(depth)]
+        return tuple(jnp.stack(z) for z in zip(*outs))
+
+    def kappa(pool, rs, ms):
+        """Tilt growth rate ``phi(R u)^T M phi(R u) / |u|^2`` at large radius along each sample's direction.
+
+        For positively homogeneous ``phi`` the log density along a ray is
+        ``-(1 - kappa) r^2 / 2``: a chain sitting at ``kappa >= 1`` is in a cone
+        where the tilted density does not normalise and will run away. (The
+        supremum over *all* directions can exceed 1 in cones of negligible
+        prior mass, where the saddle is still the right large-N answer; we flag
+        what the chains actually find.)
+        """
+        big = 1e3
+        out = []
+        for l in range(depth):
+            u = pool[l] / jnp.linalg.norm(pool[l], axis=-1, keepdims=True)
+            f = phi(big * (u @ rs[l]))
+            out.append(jnp.max(jnp.sum((f @ ms[l]) * f, -1)) / big**2)
+        return jnp.stack(out)
+
+    return {
+        "sweep": jax.jit(sweep),
+        "groups": jax.jit(group_kernels, static_argnums=(5,)),
+        "mala": jax.jit(mala, static_argnums=(5, 6, 7)),
+        "kappa": jax.jit(kappa),
+        "phi": jax.jit(lambda h: phi(h)),
+    }
+
+
+# ---------------------------------------------------------------- Monte Carlo solver
+
+
+def _mc_settings(samples, method):
+    """Chains and slices for a sample budget (MALA pools ``slices`` snapshots per chain)."""
+    if method == "is":
+        return samples, 1
+    slices = 4 if samples >= 4 * _GROUPS * 4 else 1
+    chains = max(_GROUPS, (samples // slices) // _GROUPS * _GROUPS)
+    return chains, slices
+
+
+def _solve_mc(fns, c, y, g2, inv_beta, depth, samples, method, seed, init_phis, init_state,
+              tol, max_iter, callback, start, n_burn=None):
+    p = y.shape[0]
+    r0 = _np_sqrt_pinv(c)[0]
+    r0j = jnp.asarray(r0)
+    yj = jnp.asarray(y)
+    phis = np.array(init_phis)
+    chains_n, slices = _mc_settings(samples, method)
+    key = jax.random.PRNGKey(seed)
+    warm = init_state is not None and init_state.get("chains") is not None \
+        and init_state["chains"].shape == (depth, chains_n, p)
+    if warm:
+        chains = jnp.asarray(init_state["chains"])
+        eps = jnp.asarray(init_state["eps"])
+        ms = np.array(init_state["ms"])
+    else:
+        key, sub = jax.random.split(key)
+        chains = jax.random.normal(sub, (depth, chains_n, p))
+        eps = jnp.full((depth,), 0.3)
+        a = np.linalg.solve(phis[-1] + inv_beta * np.eye(p), y)
+        ms = np.zeros((depth, p, p))
+        ms[-1] = g2 * np.outer(a, a)
+    if n_burn is None:
+        n_burn = 10 if warm else 40
+    thin = 5
+    history, converged, message = [], False, ""
+    res_phi = res_dual = mc_err = ess = None
+    kappa_v = np.zeros(depth)
+    final = None
+    it = 0
+    for it in range(1, max_iter + 1):
+        # --- fresh samples at the current state
+        rs = np.stack([r0] + [_np_sqrt_pinv(q)[0] for q in phis[:-1]])
+        if method == "is":
+            key, sub = jax.random.split(key)
+            pool = jax.random.normal(sub, (depth, chains_n, p))
+            ref = jnp.zeros((depth, chains_n))
+            acc_rate = np.ones(depth)
+        else:
+            key, sub = jax.random.split(key)
+            chains, pool, ref, eps, acc_rate = fns["mala"](chains, jnp.asarray(rs), jnp.asarray(ms), eps,
+                                                           sub, n_burn, slices, thin)
+            acc_rate = np.asarray(acc_rate)
+        n_burn = 10
+        if not np.all(np.isfinite(np.asarray(pool))):
+            message = ("Monte Carlo chains ran away (non-finite preactivations): the tilted density "
+                       "does not normalise; use a smaller gamma0 or a larger beta.")
+            break
+        f0 = fns["phi"](pool[0] @ r0j)
+        args = (pool, ref, f0, r0j, yj, g2, inv_beta)
+        new, ms_new, w, _, ess_j = fns["sweep"](jnp.asarray(phis), *args)
+        new, ms_new, ess = np.asarray(new), np.asarray(ms_new), np.asarray(ess_j)
+        grp = np.asarray(fns["groups"](jnp.asarray(phis), pool, w, f0, r0j, _GROUPS))
+        se = grp.std(axis=1, ddof=1) / math.sqrt(_GROUPS)
+        res_phi = [_rel(new[l], phis[l]) for l in range(depth)]
+        mc_err = [float(np.linalg.norm(se[l]) / np.linalg.norm(phis[l])) for l in range(depth)]
+        res_dual = [_rel(ms[l], ms_new[l]) if l < depth - 1 else 0.0 for l in range(depth)]
+        kappa_v = np.asarray(fns["kappa"](pool, jnp.asarray(rs), jnp.asarray(ms_new)))
+        rec = {"iteration": it, "residual": max(res_phi), "residual_phi": res_phi, "residual_dual": res_dual,
+               "mc_error": mc_err, "ess": [float(e) for e in ess], "kappa": [float(k) for k in kappa_v],
+               "acceptance": [float(a) for a in np.atleast_1d(acc_rate)],
+               "alignment": [_alignment(q, y) for q in phis], "seconds": time.perf_counter() - start}
+        history.append(rec)
+        final = {"pool": pool, "ref": ref, "w": np.asarray(w), "rs": rs, "ms": ms_new}
+        if callback is not None and callback(it, rec) is False:
+            message = "stopped by the callback."
+            break
+        far = (np.asarray(jnp.sum(pool**2, axis=-1)) > _near_wall(p)).mean(axis=1)
+        rec["escaped"] = [float(x) for x in far]
+        if np.any(far > 0.01) or np.any(kappa_v >= 1.0):
+            lay = int(np.argmax(far)) if np.any(far > 0.01) else int(np.argmax(kappa_v))
+            message = (f"the tilted density does not normalise: {far[lay]:.1%} of the Monte Carlo samples of "
+                       f"layer {lay + 1} escaped to the prior's far tail (tilt growth kappa = {kappa_v[lay]:.3g} "
+                       "along them); gamma0 is too large for this data: use a smaller gamma0 or a larger beta.")
+            break
+        if method == "is" and ess.min() < ESS_FLOOR:
+            message = (f"importance sampling from the prior collapsed (ESS {ess.min():.1%} < {ESS_FLOOR:.0%}); "
+                       "use method='mala', a smaller gamma0 or a larger beta.")
+            break
+        noise = math.sqrt(2.0) * max(mc_err)  # the state and the fresh estimate both carry MC error
+        if max(res_phi) < max(tol, 3.0 * noise) and max(mc_err) < 0.05 and max(res_dual) < max(10 * tol, 0.2):
+            converged = True
+            break
+        # --- inner solve with common random numbers: Anderson on the stationarity map
+        phis, ms = _inner_solve(fns, phis, new, ms_new, args, depth, p)
+    if converged:
+        message = (f"converged in {it} iterations: residual {max(res_phi):.2e} "
+                   f"(Monte Carlo error {max(mc_err):.2e}), min ESS {ess.min():.0%}.")
+    elif not message:
+        message = (f"no convergence in {max_iter} iterations (residual {max(res_phi):.2e}, Monte Carlo error "
+                   f"{max(mc_err):.2e}); raise samples or max_iter, warm-start from a neighbouring gamma0, "
+                   "or use a smaller gamma0.")
+    state = {"chains": np.asarray(chains), "eps": np.asarray(eps), "ms": ms}
+    return {"phis": phis, "ms": final["ms"] if final else ms, "converged": converged, "message": message,
+            "iterations": it, "res_phi": res_phi, "res_dual": res_dual, "mc_error": mc_err,
+            "ess": [float(e) for e in ess], "history": history, "final": final, "state": state,
+            "kappa": kappa_v}
+
+
+def _inner_solve(fns, phis, new, ms_new, args, depth, p, max_inner=30, inner_tol=1e-6, ess_trust=0.3,
+                 max_step=0.15):
+    """Fixed point of the CRN stationarity map, stopping where the reweighting stops being trustworthy."""
+    acc = _Anderson(m=5, mix=1.0)
+    x = phis.reshape(-1)
+    gx = new.reshape(-1)
+    best = (new, ms_new)
+    for _ in range(max_inner):
+        xn = acc.step(x, gx).reshape(depth, p, p)
+        xn = 0.5 * (xn + np.swapaxes(xn, 1, 2))
+        if not _is_psd(xn):
+            acc.reset()
+            xn = gx.reshape(depth, p, p)
+        out, ms, _, _, ess = fns["sweep"](jnp.asarray(xn), *args)
+        ess = np.asarray(ess)
+        if ess.min() < ess_trust:  # too far from where the samples were drawn: resample first
+            break
+        best = (xn, np.asarray(ms))
+        out = np.asarray(out)
+        if np.linalg.norm(out - xn) < inner_tol * np.linalg.norm(xn):
+            best = (out, np.asarray(ms))
+            break
+        x, gx = xn.reshape(-1), out.reshape(-1)
+    # trust region: a noisy sample map can have a far-away fixed point; move at most `max_step`
+    step = best[0] - phis
+    size = np.linalg.norm(step) / np.linalg.norm(phis)
+    if size > max_step:
+        return phis + (max_step / size) * step, best[1]
+    return best
+
+
+# ---------------------------------------------------------------- test kernels
+
+
+def _full_kernels_mc(fns, act, phis, c_full, p, final, seed):
+    """Train+test kernels by Gaussian conditioning of the test block, layer by layer (THEORY.md 3.2)."""
+    depth = len(phis)
+    n = c_full.shape[0]
+    pool, w = final["pool"], final["w"]
+    key = jax.random.PRNGKey(seed + 7919)
+    k = c_full
+    out = []
+    for l in range(depth):
+        r, rinv = _np_sqrt_pinv(k[:p, :p] if l == 0 else phis[l - 1])
+        h_tr = np.asarray(pool[l]) @ r
+        if n > p:
+            b = k[p:, :p] @ rinv  # h_test = B u + L z with B B^T = K_qp K_pp^+ K_pq
+            cond = k[p:, p:] - b @ b.T
+            lc = _np_sqrt_pinv(0.5 * (cond + cond.T))[0]
+            key, sub = jax.random.split(key)
+            z = np.asarray(jax.random.normal(sub, (h_tr.shape[0], n - p)))
+            h = np.concatenate([h_tr, np.asarray(pool[l]) @ b.T + z @ lc], axis=1)
+        else:
+            h = h_tr
+        f = np.asarray(fns["phi"](jnp.asarray(h)))
+        new = (f * w[l][:, None]).T @ f
+        new[:p, :p] = phis[l]  # the train block is the solved kernel itself
+        out.append(0.5 * (new + new.T))
+        k = out[-1]
+    return out
+
+
+# ---------------------------------------------------------------- public API
+
+
+def _continuation(g_from, g_to, first=0.05, ratio=1.5):
+    """Intermediate gamma0 values between a solved one and the target (geometric, excluding both ends)."""
+    out = []
+    g = max(g_from * ratio, first) if g_from > 0 else first
+    while g < g_to / 1.15:  # within 15% of the target: solve the target directly
+        out.append(g)
+        g *= ratio
+    return out
+
+
+def _check_positive_int(name, v, minimum=1):
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}.")
+    return int(v)
+
+
+@float64
+def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="relu",
+         samples: int = 4096, seed: int = 0, tol: float = 1e-2, max_iter: int = 30,
+         init: Optional[ANBKResult] = None, callback: Optional[Callable] = None,
+         method: str = "auto") -> ANBKResult:
+    """Solve the aNBK saddle point and return its kernel predictor.
+
+    ``f(x) = Phi^L(x, X) (Phi^L + I/beta)^-1 y`` with the adaptive kernels of
+    THEORY.md 3.1 (see the module docstring for the algorithm).
+
+    Args:
+      dataset: a :class:`akviz.Dataset` or ``(x_train, y_train, x_test, y_test)``.
+      gamma0: feature-learning strength ``>= 0`` (0 is the NNGP).
+      beta: inverse temperature ``> 0`` (ridge of the predictor is ``1/beta``).
+      depth: hidden layers ``L >= 1``.
+      activation: registered name or :class:`akviz.Activation`.
+      samples: Monte Carlo samples per layer (MALA: chains x 4 snapshots).
+      seed: Monte Carlo seed.
+      tol: saddle residual ``||Phi - <phi phi^T>|| / ||Phi||`` (fresh samples) to reach.
+        Exact solver: ``min(tol, 1e-12)`` is used.
+      max_iter: outer iterations.
+      init: a previous :class:`ANBKResult` on the same data and depth (warm start:
+        kernels, duals and MALA chains are reused; neighbouring ``gamma0`` values
+        solve in a few iterations).
+      callback: ``callback(iteration, state_dict)``; returning ``False`` stops.
+      method: ``"auto"``, ``"exact"`` (linear only), ``"mala"`` or ``"is"``.
+
+    Never raises on non-convergence: see ``converged`` and ``message``.
+    """
+    start = time.perf_counter()
+    gamma0, beta = float(gamma0), float(beta)
+    if not math.isfinite(gamma0) or gamma0 < 0:
+        raise ValueError(f"gamma0 must be a finite number >= 0, got {gamma0}.")
+    if not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"beta must be a finite number > 0, got {beta}.")
+    depth = _check_positive_int("depth", depth)
+    samples = _check_positive_int("samples", samples)
+    max_iter = _check_positive_int("max_iter", max_iter)
+    tol = float(tol)
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol}.")
+    act = get_activation(activation)
+    if method == "auto":
+        method = "exact" if act.name == "linear" else "mala"
+    if method not in ("exact", "mala", "is"):
+        raise ValueError(f"method must be 'auto', 'exact', 'mala' or 'is', got {method!r}.")
+    if method == "exact" and act.name != "linear":
+        raise ValueError("method='exact' needs activation='linear' (Gaussian integrals); use 'mala'.")
+    if method != "exact" and samples < 2 * _GROUPS:
+        raise ValueError(f"samples must be >= {2 * _GROUPS} for Monte Carlo (standard errors need groups).")
+    x_train, y_train, x_test, y_test = as_arrays(dataset)
+    p = x_train.shape[0]
+    x_all = np.concatenate([x_train, x_test])
+    c_full = input_kernel(x_all)
+    c = c_full[:p, :p]
+    g2, inv_beta = gamma0**2, 1.0 / beta
+
+    init_phis, init_state = None, None
+    if init is not None:
+        if not isinstance(init, ANBKResult):
+            raise ValueError("init must be a previous ANBKResult (or None).")
+        if init.kernels.shape == (depth, p, p) and init.activation == act.name:
+            init_phis, init_state = np.array(init.kernels), init._state
+    if method == "exact":
+        sol = _solve_exact(c_full, y_train, p, g2, inv_beta, depth, init_phis, min(tol, 1e-12),
+                           max(max_iter, 200), callback, start)
+        phis, ms = sol["phis"], sol["ms"]
+        full = _linear_full(c_full, ms, p) if sol["margin"] > 0 else None
+        if full is None:
+            full = [np.full((len(x_all),) * 2, np.nan) for _ in range(depth)]
+        state = {"chains": None, "ms": np.array(ms)}
+        final = None
+    else:
+        if init_phis is None:
+            lazy = lazy_kernels(x_train, depth=depth, activation=act)
+            init_phis = np.stack(lazy.nngp)
+        fns = _mc_functions(act, depth)
+        pre_history = []
+        g_init = init.gamma0 if init is not None and init_state is not None else 0.0
+        for k, g_step in enumerate(_continuation(g_init, gamma0)):
+            # predictor steps: a couple of chain refreshes per intermediate gamma0 keep every
+            # state inside the normalisable set (the lazy start is not, at larger gamma0)
+            sol = _solve_mc(fns, c, y_train, g_step**2, inv_beta, depth, samples, method, int(seed) + 1000 * k,
+                            init_phis, init_state, 1e-300, 2, None, start)
+            init_phis, init_state = np.array(sol["phis"]), sol["state"]
+            for h in sol["history"]:
+                pre_history.append(dict(h, gamma0=g_step))
+            if not np.isfinite(init_phis).all() or (sol["message"] and "normalise" in sol["message"]) or \
+                    "ran away" in sol["message"]:
+                break
+        sol = _solve_mc(fns, c, y_train, g2, inv_beta, depth, samples, method, int(seed), init_phis,
+                        init_state, tol, max_iter, callback, start)
+        sol["history"] = pre_history + [dict(h, gamma0=gamma0) for h in sol["history"]]
+        phis, ms, final, state = np.array(sol["phis"]), sol["ms"], sol["final"], sol["state"]
+        full = _full_kernels_mc(fns, act, phis, c_full, p, final, int(seed)) if final else \
+            [np.full((len(x_all),) * 2, np.nan) for _ in range(depth)]
+    phis = np.stack(phis)
+    full = np.stack(full)
+    full[:, :p, :p] = phis
+    train_pred, test_pred = kernel_ridge(phis[-1], full[-1, p:, :p], y_train, inv_beta)
+    metrics = score(train_pred, test_pred, y_train, y_test)
+    duals = -np.stack(ms)
+    res = {"phi": [float(r) for r in sol["res_phi"]], "dual": [float(r) for r in sol["res_dual"]],
+           "mc_error": [float(r) for r in sol["mc_error"]]}
+    res["max"] = float(max(res["phi"]))
+    action = _action(phis, duals, y_train, g2, inv_beta, c, act, method, final)
+    return ANBKResult(
+        kernels=phis, kernels_full=full, duals=duals,
+        train_predictions=train_pred, test_predictions=test_pred,
+        test_loss=metrics.test_loss, train_loss=metrics.train_loss, test_error=metrics.test_error,
+        alignment=[_alignment(q, y_train) for q in phis],
+        converged=bool(sol["converged"]), iterations=int(sol["iterations"]), residual=res,
+        ess=[float(e) for e in sol["ess"]], action=float(action), history=sol["history"],
+        message=sol["message"], seconds=time.perf_counter() - start,
+        gamma0=gamma0, beta=beta, depth=depth, activation=act.name, samples=int(samples),
+        method=method, seed=int(seed),
+        _state=dict(state, final=final, c_full=c_full, p=p),
+    )
+
+
+def _action(phis, duals, y, g2, inv_beta, c, act, method, final):
+    """``S = -1/2 sum Tr(Phi hatPhi) - sum ln Z_l + gamma0^2/2 y^T (Phi^L + I/beta)^-1 y``.
+
+    ``ln Z_l`` is exact for the linear network and a Monte Carlo estimate
+    otherwise (``ln Z = ln E_ref[exp(-phi^T hatPhi phi/2)]`` needs the
+    reference normaliser, which MCMC does not provide: NaN there).
+    """
+    p = y.shape[0]
+    s = -0.5 * sum(float(np.sum(q * d)) for q, d in zip(phis, duals))
+    s += 0.5 * g2 * float(y @ np.linalg.solve(phis[-1] + inv_beta * np.eye(p), y))
+    if method == "exact":
+        priors = [c] + list(phis[:-1])
+        for k, d in zip(priors, duals):
+            r = _np_sqrt_pinv(k)[0]
+            s += 0.5 * float(np.linalg.slogdet(np.eye(p) + r @ d @ r)[1])
+        return s
+    if method == "is" and final is not None:
+        lt = np.asarray(final["pool"][0]) if False else None
+        del lt
+    return float("nan")
+
+
+# ---------------------------------------------------------------- preactivation densities
+
+
+@float64
+def preactivation_samples(result: ANBKResult, layer: int, points, *, split: str = "train",
+                          prior_samples: Optional[int] = None, seed: int = 0) -> dict:
+    """Samples of ``h^l`` at chosen points under the tilted density and under the prior.
+
+    Args:
+      result: an :class:`ANBKResult`.
+      layer: ``1..L``.
+      points: indices into the train (or test) inputs.
+      split: ``"train"`` or ``"test"``.
+
+    Returns a dict with ``tilted`` (``(S, k)`` samples), ``weights`` (``(S,)``,
+    summing to 1: the tilted density is ``sum_s w_s delta(h - h_s)``),
+    ``prior`` (``(S', k)`` samples of ``N(0, Phi^{l-1})`` at those points,
+    equal weights) and ``ess``. For the exact linear solver the tilted samples
+    are drawn from the exact Gaussian (equal weights).
+    """
+    depth = result.depth
+    if not isinstance(layer, (int, np.integer)) or not 1 <= layer <= depth:
+        raise ValueError(f"layer must be in 1..{depth}, got {layer!r}.")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    st = result._state
+    p = st["p"]
+    n = st["c_full"].shape[0]
+    idx = np.atleast_1d(np.asarray(points, dtype=int))
+    limit = p if split == "train" else n - p
+    if idx.size == 0 or idx.min() < 0 or idx.max() >= limit:
+        raise ValueError(f"points must be indices in 0..{limit - 1} of the {split} inputs.")
+    cols = idx if split == "train" else idx + p
+    prior_k = st["c_full"] if layer == 1 else result.kernels_full[layer - 2]
+    rng = np.random.default_rng(seed)
+    n_prior = int(prior_samples or result.samples)
+    kp = prior_k[np.ix_(cols, cols)]
+    lp = _np_sqrt_pinv(kp)[0]
+    prior = rng.standard_normal((n_prior, idx.size)) @ lp
+    final = st.get("final")
+    if final is None:  # exact linear: the tilted density is the Gaussian N(0, Phi^l)
+        post_k = result.kernels_full[layer - 1][np.ix_(cols, cols)]
+        tilted = rng.standard_normal((n_prior, idx.size)) @ _np_sqrt_pinv(post_k)[0]
+        w = np.full(n_prior, 1.0 / n_prior)
+    else:
+        u = np.asarray(final["pool"][layer - 1])
+        w = np.asarray(final["w"][layer - 1])
+        r, rinv = _np_sqrt_pinv(prior_k[:p, :p])
+        if split == "train":
+            tilted = u @ r[:, idx]
+        else:
+            b = prior_k[cols][:, :p] @ rinv
+            cond = prior_k[np.ix_(cols, cols)] - b @ b.T
+            tilted = u @ b.T + rng.standard_normal((u.shape[0], idx.size)) @ _np_sqrt_pinv(cond)[0]
+    return {"tilted": tilted, "weights": w, "prior": prior, "ess": float(1.0 / (np.sum(w**2) * w.size)),
+            "layer": int(layer), "points": idx, "split": split}
+
+
+def preactivation_histogram(result: ANBKResult, layer: int, point: int, *, split: str = "train",
+                            bins: int = 60, seed: int = 0) -> dict:
+    """Histogram densities of ``h^l`` at one point: tilted (weighted) vs prior, on shared bin edges.
+
+    Returns ``{"edges", "centers", "tilted", "prior", "prior_gaussian"}`` where
+    ``prior_gaussian`` is the exact ``N(0, Phi^{l-1}_{mu mu})`` density at the centers.
+    """
+    s = preactivation_samples(result, layer, [point], split=split, seed=seed)
+    t, pr, w = s["tilted"][:, 0], s["prior"][:, 0], s["weights"]
+    lo = min(np.quantile(pr, 0.001), np.quantile(t, 0.001))
+    hi = max(np.quantile(pr, 0.999), np.quantile(t, 0.999))
+    edges = np.linspace(lo, hi, int(bins) + 1)
+    dt, _ = np.histogram(t, edges, weights=w, density=True)
+    dp, _ = np.histogram(pr, edges, density=True)
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    var = float(np.var(pr)) if pr.size > 1 else 1.0
+    st = result._state
+    p = st["p"]
+    col = point if split == "train" else point + p
+    prior_k = st["c_full"] if layer == 1 else result.kernels_full[layer - 2]
+    var = float(prior_k[col, col])
+    gauss = np.exp(-centers**2 / (2 * var)) / math.sqrt(2 * math.pi * var) if var > 0 else np.zeros_like(centers)
+    return {"edges": edges, "centers": centers, "tilted": dt, "prior": dp, "prior_gaussian": gauss}
+
+
+__all__ = ["ANBKResult", "anbk", "preactivation_samples", "preactivation_histogram", "ESS_FLOOR"]

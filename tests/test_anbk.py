@@ -1,0 +1,148 @@
+"""aNBK solver against the exact oracles of THEORY.md section 3."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+
+import akviz
+from akviz.anbk import ANBKResult, anbk, preactivation_histogram, preactivation_samples
+
+
+def whitened_problem(p=8, q=5, seed=0):
+    """C = I exactly (x = sqrt(P) I), |y| = 1: the closed form of THEORY.md 3.3 applies."""
+    x = math.sqrt(p) * np.eye(p)
+    y = np.zeros(p)
+    y[0] = 1.0
+    xt = np.random.default_rng(seed).standard_normal((q, p))
+    return x, y, xt, np.sign(xt[:, 0])
+
+
+def closed_form_c(gamma0, beta, depth):
+    """c solves c = (1 + gamma0^2 c / (c + 1/beta)^2)^L (the unique root above 1)."""
+    return brentq(lambda c: c - (1 + gamma0**2 * c / (c + 1 / beta) ** 2) ** depth, 1.0, 1e8)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+@pytest.mark.parametrize("gamma0,beta", [(0.5, 1.0), (1.0, 10.0), (1.5, 2.0)])
+def test_linear_exact_matches_closed_form(depth, gamma0, beta):
+    data = whitened_problem()
+    res = anbk(data, gamma0=gamma0, beta=beta, depth=depth, activation="linear")
+    assert res.converged, res.message
+    c = closed_form_c(gamma0, beta, depth)
+    y = data[1]
+    for l in range(1, depth + 1):
+        expected = np.eye(8) + (c ** (l / depth) - 1) * np.outer(y, y)
+        np.testing.assert_allclose(res.kernels[l - 1], expected, atol=1e-8)
+    # predictor on train is the kernel ridge of the last kernel
+    np.testing.assert_allclose(res.train_predictions, c / (c + 1 / beta) * y, atol=1e-8)
+
+
+def test_linear_exact_tiny_gamma_is_nngp_ridge():
+    ds = akviz.load_dataset("digits:3v8", 40, 30, seed=1)
+    res = anbk(ds, gamma0=1e-4, beta=2.0, depth=2, activation="linear")
+    lazy = akviz.lazy_predictor(ds, depth=2, activation="linear", ridge=0.5)
+    assert res.converged
+    np.testing.assert_allclose(res.kernels_full, lazy.kernels_full, rtol=1e-6, atol=1e-6 * np.abs(lazy.kernels_full).max())
+    np.testing.assert_allclose(res.test_predictions, lazy.test_predictions, rtol=1e-6, atol=1e-6)
+
+
+def test_linear_test_kernel_is_gaussian_conditioning():
+    """Test block of the exact linear kernels: the tilted Gaussian on train+test, tilt on train only."""
+    x, y, xt, yt = whitened_problem()
+    g, beta = 1.0, 10.0
+    res = anbk((x, y, xt, yt), gamma0=g, beta=beta, depth=1, activation="linear")
+    xa = np.concatenate([x, xt])
+    k = xa @ xa.T / 8
+    a = np.linalg.solve(res.kernels[0] + np.eye(8) / beta, y)
+    m = g**2 * np.outer(a, a)
+    kp = k[:, :8]
+    expected = k + kp @ m @ np.linalg.solve(np.eye(8) - k[:8, :8] @ m, kp.T)
+    np.testing.assert_allclose(res.kernels_full[0], expected, atol=1e-9)
+
+
+def test_linear_sampling_agrees_with_exact_within_error_bars():
+    data = whitened_problem()
+    exact = anbk(data, gamma0=0.5, beta=1.0, depth=1, activation="linear")
+    for method in ("mala", "is"):
+        mc = anbk(data, gamma0=0.5, beta=1.0, depth=1, activation="linear", method=method, samples=4096, seed=3)
+        assert mc.converged, mc.message
+        err = np.linalg.norm(mc.kernels[0] - exact.kernels[0]) / np.linalg.norm(exact.kernels[0])
+        assert mc.mc_error[0] > 0
+        assert err < 4 * math.sqrt(2) * mc.mc_error[0], (method, err, mc.mc_error)
+
+
+def test_two_seeds_agree_within_reported_error():
+    data = whitened_problem()
+    r0 = anbk(data, gamma0=0.5, beta=1.0, activation="linear", method="mala", samples=4096, seed=0)
+    r1 = anbk(data, gamma0=0.5, beta=1.0, activation="linear", method="mala", samples=4096, seed=1)
+    diff = np.linalg.norm(r0.kernels[0] - r1.kernels[0]) / np.linalg.norm(r0.kernels[0])
+    assert diff < 4 * math.hypot(r0.mc_error[0], r1.mc_error[0])
+
+
+def test_relu_tiny_gamma_reproduces_nngp_including_test_block():
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    res = anbk(ds, gamma0=1e-4, beta=1.0, method="is", samples=8192, seed=0)
+    lazy = akviz.lazy_predictor(ds, ridge=1.0)
+    assert res.converged, res.message
+    k, kl = res.kernels_full[0], lazy.kernels_full[0]
+    # train block to 1e-6 (gamma0^2 = 1e-8 moves it by less); test blocks within Monte Carlo error
+    np.testing.assert_allclose(res.kernels[0], lazy.kernels[0], rtol=1e-6, atol=1e-6)
+    rel = np.linalg.norm(k[30:, :30] - kl[30:, :30]) / np.linalg.norm(kl[30:, :30])
+    assert rel < 4 * res.mc_error[0] + 1e-3
+    assert abs(res.test_loss - lazy.test_loss) < 0.05 * lazy.test_loss
+
+
+def test_too_large_gamma_reports_non_normalisable():
+    ds = akviz.load_dataset("digits:3v8", 40, 10, seed=0)
+    res = anbk(ds, gamma0=3.0, beta=10.0, samples=1024, max_iter=5)
+    assert not res.converged
+    assert "normalise" in res.message and "gamma0" in res.message
+
+
+@pytest.mark.parametrize("kwargs", [dict(gamma0=-1.0, beta=1.0), dict(gamma0=1.0, beta=0.0),
+                                    dict(gamma0=1.0, beta=1.0, depth=0), dict(gamma0=1.0, beta=1.0, samples=0),
+                                    dict(gamma0=1.0, beta=1.0, activation="nope"),
+                                    dict(gamma0=1.0, beta=1.0, method="exact")])
+def test_bad_arguments_raise_value_error(kwargs):
+    with pytest.raises(ValueError):
+        anbk(whitened_problem(), **kwargs)
+
+
+def test_json_and_fields():
+    data = whitened_problem()
+    res = anbk(data, gamma0=0.5, beta=1.0, depth=2, activation="linear")
+    d = json.loads(json.dumps(res.to_json_dict()))
+    for key in ("converged", "iterations", "residual", "ess", "test_loss", "train_loss", "test_error",
+                "alignment", "gamma0", "beta", "samples"):
+        assert key in d
+    assert len(d["alignment"]) == 2 and isinstance(d["residual"], float)
+    assert isinstance(res, ANBKResult) and res.kernels.shape == (2, 8, 8)
+    assert res.kernels_full.shape == (2, 13, 13) and res.duals.shape == (2, 8, 8)
+    # linear action: exact, finite
+    assert math.isfinite(res.action)
+
+
+def test_warm_start_reuses_previous_solution():
+    data = whitened_problem()
+    first = anbk(data, gamma0=0.5, beta=1.0, depth=2, activation="linear")
+    warm = anbk(data, gamma0=0.6, beta=1.0, depth=2, activation="linear", init=first)
+    cold = anbk(data, gamma0=0.6, beta=1.0, depth=2, activation="linear")
+    assert warm.converged and warm.iterations <= cold.iterations
+    np.testing.assert_allclose(warm.kernels, cold.kernels, atol=1e-8)
+
+
+def test_preactivation_samples_linear_match_gaussians():
+    data = whitened_problem()
+    res = anbk(data, gamma0=1.0, beta=10.0, activation="linear")
+    s = preactivation_samples(res, 1, [0, 1], prior_samples=20000, seed=0)
+    assert s["tilted"].shape[1] == 2 and abs(s["weights"].sum() - 1) < 1e-12
+    var_t = np.cov(s["tilted"].T, aweights=s["weights"])
+    np.testing.assert_allclose(np.diag(var_t), np.diag(res.kernels[0])[:2], rtol=0.05)
+    np.testing.assert_allclose(np.var(s["prior"], axis=0), [1.0, 1.0], rtol=0.05)
+    h = preactivation_histogram(res, 1, 0, bins=30)
+    assert h["tilted"].shape == (30,) and h["edges"].shape == (31,)
+    with pytest.raises(ValueError):
+        preactivation_samples(res, 2, [0])
