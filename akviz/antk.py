@@ -1,0 +1,653 @@
+"""Adaptive NTK (aNTK): DMFT of gradient flow with weight decay (THEORY.md section 4).
+
+Two-layer network (``depth=1``), trained by ``d theta/dt = -gamma0^2 N grad L - lambda theta``.
+At infinite width each hidden neuron is one sample of ``(h(.), z)`` (its
+preactivation on every train and test input and its readout weight):
+
+    dh_mu/dt = gamma0 sum_{nu in train} C_{mu nu} Delta_nu phi'(h_nu) z - lambda h_mu
+    dz/dt    = gamma0 sum_{nu in train} Delta_nu phi(h_nu) - lambda z
+    f_mu     = <z phi(h_mu)> / gamma0,     Delta = y - f  (train)
+
+with ``h ~ N(0, C)``, ``z ~ N(0, 1)`` at ``t = 0``. ``S`` neurons are sampled in
+antithetic pairs ``(h, z), (h, -z)`` so ``f(0) = 0`` exactly, as at infinite
+width. At the fixed point (``lambda > 0``)
+
+    h = (gamma0/lambda) z C(., X)(Delta * phi'(h_X)),   z = (gamma0/lambda) Delta . phi(h_X)
+
+so ``f(x) = Phi(x, X)(Phi + lambda I)^-1 y`` (feature form) and, for positively
+homogeneous ``phi`` (relu, linear), ``f(x) = K(x, X)(K + 2 lambda I)^-1 y`` with
+the adaptive NTK ``K = Phi + G * C``, ``G = <g g^T>``, ``g = phi'(h) z``.
+
+Integrator (one step of size ``dt``, ``a = exp(-lambda dt)``, ``b = (1 - a)/lambda``):
+
+* exponential Euler for the ``-lambda`` decay, so a step of any size is exact
+  for the decay and the step map's fixed points are exactly the DMFT fixed
+  points; with ``dt -> infinity`` the step becomes the plain fixed-point map and
+  for finite ``dt`` it is the damped fixed-point iteration with damping
+  ``1 - a``;
+* the readout error ``Delta`` over the step is implicit: the stiff direction of
+  the flow is the error decaying through the NTK (rate up to ``lambda_max(K)``,
+  ~10^2 here, against the ``lambda`` of the features), so ``Delta`` is solved
+  from ``D = y - f(state after the step driven by D)`` by one Newton step with
+  the step's Jacobian ``b (Phi_mixed + C * G_mixed)`` (a ``P x P`` solve);
+* relu's kink: neurons whose preactivation on a training point is driven back
+  onto ``h = 0`` from both sides slide along it (Filippov). Each step picks
+  ``phi'(h_mu)`` per neuron and point from ``{0, 1}`` or, when sliding, the
+  fraction that keeps ``h_mu`` at 0, instead of flipping the sign every step;
+  the fraction is what ``G`` uses, which makes the NTK form exact for relu too;
+* adaptive ``dt``: the relative change of ``h``, ``z`` and ``f`` per step is
+  kept near ``rtol``, up to ``lambda dt = -ln(1 - 0.6)`` (damping 0.6, where
+  the iteration is fastest and still stable), so the transient is resolved
+  and the approach to the fixed point takes a few hundred steps, not 10^5.
+
+The hot loop is one ``jax.lax.while_loop`` per recorded chunk, jit-compiled,
+vectorised over neurons, in float64.
+
+Depth ``>= 2`` (THEORY.md 4.3) is **experimental**: see :mod:`akviz.antk_deep`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._precision import float64
+from .activations import get_activation
+from .data import as_arrays
+from .kernels import input_kernel, lazy_kernels
+from .regression import alignment as _alignment
+from .regression import classification_error, kernel_ridge, mse
+
+#: Damping ``1 - exp(-lambda dt_max)`` of the largest step (fixed-point regime).
+MAX_DAMPING = 0.6
+#: Most snapshots kept; beyond it every other one is dropped (first and last kept).
+MAX_SNAPSHOTS = 48
+
+
+@dataclasses.dataclass
+class ANTKResult:
+    """aNTK solution (scipy.optimize-style result object).
+
+    Kernels on train+test are ``(P+Q, P+Q)`` with the training block first.
+
+    Attributes:
+      Phi, G, K: fixed-point feature kernel ``<phi(h) phi(h)^T>``, gradient
+        kernel ``<g g^T>`` (``g = phi'(h) z``) and adaptive NTK ``Phi + G * C``
+        of the last hidden layer.
+      C: input kernel on train+test.
+      kernels: per-layer ``Phi^l`` on train, ``(L, P, P)``.
+      kernels_full: per-layer ``Phi^l`` on train+test, ``(L, P+Q, P+Q)``.
+      gradient_kernels_full: per-layer ``G^l`` on train+test, ``(L, P+Q, P+Q)``.
+      train_predictions, test_predictions: DMFT output ``<z phi(h)>/gamma0``.
+      feature_train_predictions, feature_test_predictions: ``Phi(x,X)(Phi+lambda I)^-1 y``.
+      ntk_train_predictions, ntk_test_predictions: ``K(x,X)(K+2 lambda I)^-1 y``.
+      test_loss, train_loss, test_error: of the DMFT output.
+      test_loss_feature_form, test_loss_ntk_form: of the two kernel predictors.
+      feature_gap, ntk_gap: ``|f_form - f_DMFT| / |f_DMFT|`` on the test points.
+      alignment: per-layer kernel-target alignment of ``Phi^l`` on train.
+      ntk_alignment: alignment of ``K`` on train.
+      lazy_ntk_*, lazy_nngp_*: lazy baselines from the init kernels: NTK ridge
+        ``(L+1) lambda`` and NNGP ridge ``lambda`` (predictions and test losses).
+      times, trajectory_train_loss, trajectory_residual, step_sizes: per step.
+      record_times, record_test_loss, record_train_loss, record_alignment,
+      snapshots_phi, snapshots_g: at recorded steps, ``snapshots_*`` of shape
+        ``(R, P+Q, P+Q)`` (last layer) for animating the convergence.
+      converged, iterations (accepted steps), residual (relative fixed-point
+        residual ``max(|h - T_h|/|h|, |z - T_z|/|z|)``), message, seconds.
+      gamma0, weight_decay, depth, activation, samples, seed, final_time.
+      state: the neuron population (for ``init=`` warm starts).
+    """
+
+    Phi: np.ndarray
+    G: np.ndarray
+    K: np.ndarray
+    C: np.ndarray
+    kernels: np.ndarray
+    kernels_full: np.ndarray
+    gradient_kernels_full: np.ndarray
+    train_predictions: np.ndarray
+    test_predictions: np.ndarray
+    feature_train_predictions: np.ndarray
+    feature_test_predictions: np.ndarray
+    ntk_train_predictions: np.ndarray
+    ntk_test_predictions: np.ndarray
+    test_loss: float
+    train_loss: float
+    test_error: float
+    test_loss_feature_form: float
+    test_loss_ntk_form: float
+    feature_gap: float
+    ntk_gap: float
+    alignment: list
+    ntk_alignment: float
+    lazy_ntk_test_predictions: np.ndarray
+    lazy_nngp_test_predictions: np.ndarray
+    lazy_ntk_test_loss: float
+    lazy_nngp_test_loss: float
+    lazy_ntk_ridge: float
+    lazy_nngp_ridge: float
+    times: np.ndarray
+    trajectory_train_loss: np.ndarray
+    trajectory_residual: np.ndarray
+    step_sizes: np.ndarray
+    record_times: np.ndarray
+    record_test_loss: np.ndarray
+    record_train_loss: np.ndarray
+    record_alignment: np.ndarray
+    snapshots_phi: np.ndarray
+    snapshots_g: np.ndarray
+    converged: bool
+    iterations: int
+    residual: float
+    message: str
+    seconds: float
+    gamma0: float
+    weight_decay: float
+    depth: int
+    activation: str
+    samples: int
+    seed: int
+    final_time: float
+    state: Any = dataclasses.field(default=None, repr=False)
+
+    @property
+    def success(self) -> bool:
+        """Alias of ``converged`` (scipy.optimize naming)."""
+        return self.converged
+
+    def to_json_dict(self) -> dict:
+        """Scalars and per-layer lists only, JSON-serialisable (NaN becomes None)."""
+
+        def num(v):
+            v = float(v)
+            return v if math.isfinite(v) else None
+
+        return {
+            "method": "antk",
+            "converged": bool(self.converged),
+            "iterations": int(self.iterations),
+            "residual": num(self.residual),
+            "message": self.message,
+            "test_loss": num(self.test_loss),
+            "test_loss_feature_form": num(self.test_loss_feature_form),
+            "test_loss_ntk_form": num(self.test_loss_ntk_form),
+            "train_loss": num(self.train_loss),
+            "test_error": num(self.test_error),
+            "feature_gap": num(self.feature_gap),
+            "ntk_gap": num(self.ntk_gap),
+            "alignment": [num(a) for a in self.alignment],
+            "ntk_alignment": num(self.ntk_alignment),
+            "lazy_ntk_test_loss": num(self.lazy_ntk_test_loss),
+            "lazy_nngp_test_loss": num(self.lazy_nngp_test_loss),
+            "gamma0": float(self.gamma0),
+            "weight_decay": float(self.weight_decay),
+            "depth": int(self.depth),
+            "activation": self.activation,
+            "samples": int(self.samples),
+            "seed": int(self.seed),
+            "final_time": num(self.final_time),
+            "seconds": num(self.seconds),
+        }
+
+
+# ----------------------------------------------------------------- validation
+
+
+def _check_positive(name, value):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number > 0, got {value!r}.") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}.")
+    return value
+
+
+def _check_int(name, value, minimum):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+# ----------------------------------------------------------- depth-1 dynamics
+
+
+class _State(NamedTuple):
+    A: jnp.ndarray      # (S, P) accumulated drive: h(t) = d h0 + A C(X, .)
+    z: jnp.ndarray      # (S,) readout weights
+    M: jnp.ndarray      # (S, P) phi'(h_X) in use (relu: Filippov selection, may be fractional)
+    hX: jnp.ndarray     # (S, P) preactivations on the training inputs
+    d: jnp.ndarray      # exp(-lambda t): weight of the initial preactivations h0
+    delta: jnp.ndarray  # (P,) readout error y - f(X)
+    t: jnp.ndarray
+    dt: jnp.ndarray
+    res: jnp.ndarray    # feature-form gap on train, |f_X - Phi Delta / lambda| / |f_X| (convergence test)
+    hres: jnp.ndarray   # fixed-point residual of the features estimated from the last accepted step
+    steps: jnp.ndarray  # accepted steps
+    bad: jnp.ndarray    # True once the step size underflowed on non-finite values
+
+
+class _Consts(NamedTuple):
+    Cxx: jnp.ndarray
+    diagC: jnp.ndarray
+    y: jnp.ndarray
+    gamma: jnp.ndarray
+    lam: jnp.ndarray
+    rtol: jnp.ndarray
+    tol: jnp.ndarray
+    htol: jnp.ndarray
+    dt_max: jnp.ndarray
+    t_max: jnp.ndarray
+
+
+def _step(st: _State, c: _Consts, dt, phi, dphi, relu: bool):
+    """One exponential-Euler step with implicit readout error; returns (state, error ratio, ok)."""
+    S = st.z.shape[0]
+    a = jnp.exp(-c.lam * dt)
+    b = -jnp.expm1(-c.lam * dt) / c.lam
+    bg = b * c.gamma
+    m = st.M if relu else dphi(st.hX)
+    F = phi(st.hX)
+    D0 = st.delta
+    # Predictor: the step driven by the current error.
+    h1 = a * st.hX + (bg * st.z[:, None] * (D0[None, :] * m)) @ c.Cxx
+    z1 = a * st.z + bg * (F @ D0)
+    F1 = phi(h1)
+    f1 = (z1 @ F1) / (c.gamma * S)
+    # d f(after step)/d D: dz/dD = bg phi(h_X); dh/dD = bg z C(.,nu) m_nu.
+    jac = b * ((F1.T @ F) / S + c.Cxx * (((z1[:, None] * dphi(h1)).T @ (st.z[:, None] * m)) / S))
+    D = D0 + jnp.linalg.solve(jnp.eye(D0.shape[0]) + jac, c.y - f1 - D0)
+    if relu:
+        # Filippov selection of phi'(h_i,mu): own = effect of m_i,mu on h_i,mu itself.
+        own = bg * st.z[:, None] * (D0 * c.diagC)[None, :]
+        base = h1 - own * m
+        hp, hm = base + own, base
+        frac = hm / jnp.where(hm - hp != 0, hm - hp, 1.0)
+        attract = jnp.where(hp >= 0, 1.0, jnp.where(hm <= 0, 0.0, frac))
+        repel = jnp.where(hm > 0, 1.0, jnp.where(hp < 0, 0.0, (m >= 0.5).astype(m.dtype)))
+        m_new = jnp.where(own < 0, attract, repel)
+    else:
+        m_new = m
+    U = bg * st.z[:, None] * (D[None, :] * m_new)
+    h2 = a * st.hX + U @ c.Cxx
+    z2 = a * st.z + bg * (F @ D)
+    F2 = phi(h2)
+    f2 = (z2 @ F2) / (c.gamma * S)
+    # Convergence test (THEORY 4.2): DMFT output vs feature form, f = Phi (y - f) / lambda on train.
+    gap = jnp.linalg.norm(f2 - (F2.T @ (F2 @ (c.y - f2))) / (S * c.lam)) / jnp.maximum(jnp.linalg.norm(f2), 1e-300)
+    omega = -jnp.expm1(-c.lam * dt)
+    nh = jnp.linalg.norm(h2)
+    nz = jnp.linalg.norm(z2)
+    ch = jnp.linalg.norm(h2 - st.hX) / jnp.maximum(nh, 1e-300)
+    cz = jnp.linalg.norm(z2 - st.z) / jnp.maximum(nz, 1e-300)
+    cf = jnp.linalg.norm(f2 - (c.y - st.delta)) / jnp.maximum(jnp.linalg.norm(c.y), 1e-300)
+    err = jnp.maximum(jnp.maximum(ch, cz), cf) / c.rtol
+    hres = jnp.maximum(ch, cz) / omega
+    new = _State(A=a * st.A + U, z=z2, M=m_new, hX=h2, d=a * st.d, delta=c.y - f2,
+                 t=st.t + dt, dt=dt, res=gap, hres=hres, steps=st.steps + 1, bad=st.bad)
+    ok = jnp.isfinite(err) & jnp.isfinite(nh) & jnp.isfinite(nz) & (nh < 1e150) & (nz < 1e150)
+    return new, err, ok
+
+
+@functools.lru_cache(maxsize=32)
+def _chunk_runner(phi, dphi, relu: bool, chunk: int):
+    """Jitted while_loop: up to ``chunk`` accepted steps, stopping at convergence / t_max / failure."""
+
+    def run(st: _State, c: _Consts):
+        tr_t = jnp.full((chunk,), jnp.nan)
+        tr_loss = jnp.full((chunk,), jnp.nan)
+        tr_res = jnp.full((chunk,), jnp.nan)
+        tr_dt = jnp.full((chunk,), jnp.nan)
+        start = st.steps
+
+        def cond(carry):
+            s, *_ = carry
+            n = s.steps - start
+            return (n < chunk) & ((s.res > c.tol) | (s.hres > c.htol)) & (s.t < c.t_max) & (~s.bad)
+
+        def body(carry):
+            s, tt, tl, trs, tdt, tries = carry
+            dt = jnp.minimum(jnp.minimum(s.dt, c.dt_max), jnp.maximum(c.t_max - s.t, 1e-300))
+            new, err, ok = _step(s, c, dt, phi, dphi, relu)
+            accept = ok & (err <= 2.0)
+            factor = jnp.where(ok, jnp.clip(0.9 / jnp.sqrt(jnp.maximum(err, 1e-12)), 0.2, 2.0), 0.1)
+            next_dt = jnp.minimum(dt * factor, c.dt_max)
+            i = s.steps - start
+            kept = jax.tree_util.tree_map(lambda x, y: jnp.where(accept, x, y), new, s)
+            kept = kept._replace(dt=next_dt)
+            # Too many rejections in a row (non-finite at tiny steps): give up.
+            tries = jnp.where(accept, 0, tries + 1)
+            kept = kept._replace(bad=s.bad | (tries > 40))
+            loss = 0.5 * jnp.sum(new.delta**2)
+            tt = jnp.where(accept, tt.at[i].set(new.t), tt)
+            tl = jnp.where(accept, tl.at[i].set(loss), tl)
+            trs = jnp.where(accept, trs.at[i].set(new.hres), trs)
+            tdt = jnp.where(accept, tdt.at[i].set(dt), tdt)
+            return kept, tt, tl, trs, tdt, tries
+
+        out = jax.lax.while_loop(cond, body, (st, tr_t, tr_loss, tr_res, tr_dt, jnp.asarray(0)))
+        return out[:5]
+
+    return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=32)
+def _observer(phi, dphi, relu: bool):
+    """Jitted: kernels and DMFT output on train+test from the population."""
+
+    def observe(A, z, M, d, h0, Cx_all, gamma):
+        S, P = A.shape
+        h = d * h0 + A @ Cx_all                       # (S, P+Q)
+        g_deriv = dphi(h)
+        if relu:
+            g_deriv = g_deriv.at[:, :P].set(M)          # sliding fractions on the train block
+        else:
+            g_deriv = g_deriv.at[:, :P].set(dphi(h[:, :P]))
+        F = phi(h)
+        gz = g_deriv * z[:, None]
+        Phi = F.T @ F / S
+        G = gz.T @ gz / S
+        f = (z @ F) / (gamma * S)
+        return h, Phi, G, f
+
+    return jax.jit(observe)
+
+
+def _sample_population(C_full, samples, seed):
+    """``samples`` neurons in antithetic pairs ``(h0, z0), (h0, -z0)``; h0 ~ N(0, C)."""
+    w, V = np.linalg.eigh(0.5 * (C_full + C_full.T))
+    R = V * np.sqrt(np.clip(w, 0.0, None))[None, :]
+    key_h, key_z = jax.random.split(jax.random.PRNGKey(int(seed)))
+    half = samples // 2
+    u = jax.random.normal(key_h, (half, C_full.shape[0]), dtype=jnp.float64)
+    z0 = jax.random.normal(key_z, (half,), dtype=jnp.float64)
+    h0 = u @ jnp.asarray(R).T
+    return jnp.concatenate([h0, h0]), jnp.concatenate([z0, -z0])
+
+
+def _kernel_predict(k_full, y, ridge, p):
+    """Ridge predictions on train and test; NaN (never an exception) for a non-finite kernel."""
+    if not np.all(np.isfinite(k_full)):
+        return np.full(p, np.nan), np.full(k_full.shape[0] - p, np.nan)
+    return kernel_ridge(k_full[:p, :p], k_full[p:, :p], y, ridge)
+
+
+def _rel_gap(a, b):
+    den = np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / den) if den > 0 else float("nan")
+
+
+@float64
+def antk(dataset, *, gamma0: float, weight_decay: float, depth: int = 1, activation="relu",
+         samples: int = 4000, seed: int = 0, tol: float = 1e-6, max_time: Optional[float] = None,
+         residual_tol: Optional[float] = None, max_steps: int = 4000, max_seconds: Optional[float] = None, rtol: float = 0.02,
+         init: Optional[ANTKResult] = None, record_every: int = 25,
+         callback: Optional[Callable[[dict], Any]] = None) -> ANTKResult:
+    """Adaptive NTK of a network trained by gradient flow with weight decay (THEORY.md 4).
+
+    Depth 1 simulates the single-site DMFT of THEORY.md 4.1 to its fixed point
+    (module docstring: integrator); depth ``>= 2`` solves the fixed-point
+    equations of THEORY.md 4.3 (**experimental**, see :mod:`akviz.antk_deep`).
+
+    Args:
+      dataset: a :class:`akviz.Dataset` or ``(x_train, y_train, x_test, y_test)``.
+      gamma0: feature-learning strength ``> 0``.
+      weight_decay: ``lambda > 0``.
+      depth: hidden layers ``L >= 1``.
+      activation: registered activation name.
+      samples: neurons ``S >= 2`` (rounded up to even: antithetic pairs).
+      seed: random seed of the initial population.
+      tol: converged when DMFT output and feature form agree to ``tol`` (relative,
+        train+test): the convergence test of THEORY.md 4.2.
+      residual_tol: optionally also require the features' fixed-point residual
+        ``max(|h - T_h(h,z)|/|h|, |z - T_z|/|z|)`` below it (the NTK form needs it).
+      max_time: training-time horizon ``t`` (default ``1e4 / lambda``).
+      max_steps: most accepted integrator steps.
+      max_seconds: optional wall-clock budget.
+      rtol: relative change of ``h``, ``z``, ``f`` per step the step size aims at.
+      init: a previous :class:`ANTKResult` on the same data and samples: its
+        population, rescaled by ``sqrt(gamma0 / gamma0_prev)`` (exact for
+        degree-1 homogeneous ``phi``: keeps ``f``), is the starting point
+        (continuation along ``gamma0`` / ``lambda``). Ignored, with a note in
+        ``message``, when incompatible.
+      record_every: steps between snapshots of the kernels.
+      callback: called with a dict (``time``, ``step``, ``train_loss``,
+        ``test_loss``, ``residual``) at every snapshot; returning ``True`` stops.
+
+    Returns:
+      :class:`ANTKResult`. Never raises on non-convergence or overflow:
+      ``converged=False`` with a ``message`` instead, and non-finite kernels
+      are replaced by NaN arrays with the message saying so.
+    """
+    gamma0 = _check_positive("gamma0", gamma0)
+    lam = _check_positive("weight_decay", weight_decay)
+    depth = _check_int("depth", depth, 1)
+    act = get_activation(activation)
+    samples = _check_int("samples", samples, 2)
+    samples += samples % 2
+    seed = _check_int("seed", seed, 0)
+    tol = _check_positive("tol", tol)
+    rtol = _check_positive("rtol", rtol)
+    max_steps = _check_int("max_steps", max_steps, 1)
+    record_every = _check_int("record_every", record_every, 1)
+    max_time = 1e4 / lam if max_time is None else _check_positive("max_time", max_time)
+    residual_tol = np.inf if residual_tol is None else _check_positive("residual_tol", residual_tol)
+    if max_seconds is not None:
+        max_seconds = _check_positive("max_seconds", max_seconds)
+    if init is not None and not isinstance(init, ANTKResult):
+        raise ValueError("init must be a previous ANTKResult (or None).")
+    x_train, y_train, x_test, y_test = as_arrays(dataset)
+    if depth >= 2:
+        from .antk_deep import antk_deep
+
+        return antk_deep(  # noqa: residual_tol/rtol unused therex_train, y_train, x_test, y_test, gamma0=gamma0, lam=lam, depth=depth,
+                         act=act, samples=samples, seed=seed, tol=tol, max_steps=max_steps,
+                         max_seconds=max_seconds, init=init, record_every=record_every,
+                         callback=callback)
+    return _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, seed, tol,
+                        max_time, max_steps, max_seconds, rtol, init, record_every, callback,
+                        residual_tol)
+
+
+def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, seed, tol,
+                 max_time, max_steps, max_seconds, rtol, init, record_every, callback,
+                 residual_tol=np.inf):
+    start = time.perf_counter()
+    p = x_train.shape[0]
+    x_all = np.concatenate([x_train, x_test])
+    C_full = input_kernel(x_all)
+    relu = act.name == "relu"
+    notes = []
+    Cx_all = jnp.asarray(C_full[:p])
+    consts = _Consts(Cxx=jnp.asarray(C_full[:p, :p]), diagC=jnp.asarray(np.diag(C_full)[:p]),
+                     y=jnp.asarray(y_train), gamma=jnp.asarray(gamma0), lam=jnp.asarray(lam),
+                     rtol=jnp.asarray(rtol), tol=jnp.asarray(tol), htol=jnp.asarray(residual_tol),
+                     dt_max=jnp.asarray(-math.log1p(-MAX_DAMPING) / lam), t_max=jnp.asarray(max_time))
+    observe = _observer(act.fn, act.deriv, relu)
+
+    warm = None
+    if init is not None:
+        st0 = init.state
+        if (st0 is None or init.depth != 1 or init.activation != act.name
+                or st0["h0"].shape != (samples, C_full.shape[0])
+                or not np.allclose(init.C, C_full)):
+            notes.append("init ignored (different data, samples, depth or activation): cold start")
+        else:
+            warm = st0
+    if warm is None:
+        h0, z = _sample_population(C_full, samples, seed)
+        A = jnp.zeros((samples, p))
+        d = jnp.asarray(1.0)
+        t0 = 0.0
+    else:
+        scale = math.sqrt(gamma0 / init.gamma0)
+        h0 = jnp.asarray(warm["h0"])
+        A = jnp.asarray(warm["A"]) * scale
+        z = jnp.asarray(warm["z"]) * scale
+        d = jnp.asarray(warm["d"] * scale)
+        t0 = 0.0
+    hX = d * h0[:, :p] + A @ consts.Cxx
+    M = act.deriv(hX)
+    if warm is not None and relu:
+        M = jnp.asarray(warm["M"])
+    f0 = (z @ act.fn(hX)) / (gamma0 * samples)
+    delta = consts.y - f0
+    # First step: f changes by about dt |K0 y|; aim that at rtol of |y|.
+    _, Phi0, G0, _ = observe(A, z, M, d, h0, Cx_all, gamma0)
+    K0 = np.asarray(Phi0[:p, :p] + G0[:p, :p] * C_full[:p, :p])
+    with np.errstate(all="ignore"):
+        rate = np.linalg.norm(K0 @ np.asarray(delta)) / max(np.linalg.norm(y_train), 1e-300)
+    rate = max(rate, lam) if np.isfinite(rate) else 1e300  # non-finite: the first step flags it
+    dt0 = min(rtol / rate, float(consts.dt_max)) if warm is None else float(consts.dt_max) * 0.25
+    st = _State(A=A, z=z, M=M, hX=hX, d=d, delta=delta, t=jnp.asarray(t0), dt=jnp.asarray(dt0),
+                res=jnp.asarray(np.inf), hres=jnp.asarray(np.inf), steps=jnp.asarray(0), bad=jnp.asarray(False))
+
+    runner = _chunk_runner(act.fn, act.deriv, relu, record_every)
+    times, losses, resids, dts = [], [], [], []
+    rec_t, rec_test, rec_train, rec_align, snaps_phi, snaps_g = [], [], [], [], [], []
+    stopped = None
+
+    def record(s):
+        _, Phi, G, f = observe(s.A, s.z, s.M, s.d, h0, Cx_all, gamma0)
+        Phi, G, f = np.asarray(Phi), np.asarray(G), np.asarray(f)
+        rec_t.append(float(s.t))
+        rec_train.append(mse(f[:p], y_train))
+        rec_test.append(mse(f[p:], y_test))
+        rec_align.append(_alignment(Phi[:p, :p], y_train))
+        snaps_phi.append(Phi)
+        snaps_g.append(G)
+        if len(snaps_phi) > MAX_SNAPSHOTS:  # thin out, keeping the first and the newest
+            for lst in (rec_t, rec_train, rec_test, rec_align, snaps_phi, snaps_g):
+                keep = lst[:-1:2] + [lst[-1]]
+                lst[:] = keep
+        if callback is not None:
+            return callback({"time": rec_t[-1], "step": int(s.steps), "train_loss": rec_train[-1],
+                             "test_loss": rec_test[-1], "alignment": rec_align[-1],
+                             "residual": float(s.hres), "feature_gap_train": float(s.res)})
+        return None
+
+    def full_gap(s):
+        """Feature-form gap on train+test: |f_DMFT - Phi(., X)(Phi + lambda I)^-1 y| / |f_DMFT|."""
+        _, Phi, _, f = observe(s.A, s.z, s.M, s.d, h0, Cx_all, gamma0)
+        Phi, f = np.asarray(Phi), np.asarray(f)
+        if not (np.all(np.isfinite(Phi)) and np.all(np.isfinite(f))):
+            return float("nan")
+        tr, te = _kernel_predict(Phi, y_train, lam, p)
+        return _rel_gap(np.concatenate([tr, te]), f)
+
+    record(st)
+    inner_tol = 0.5 * tol
+    while True:
+        st, tt, tl, trs, tdt = runner(st, consts._replace(tol=jnp.asarray(inner_tol)))
+        keep = np.isfinite(np.asarray(tt))
+        times.extend(np.asarray(tt)[keep]); losses.extend(np.asarray(tl)[keep])
+        resids.extend(np.asarray(trs)[keep]); dts.extend(np.asarray(tdt)[keep])
+        if bool(st.res <= inner_tol) and bool(st.hres <= residual_tol) and not bool(st.bad):
+            gap = full_gap(st)
+            if gap <= tol or inner_tol < 1e-4 * tol:
+                break
+            inner_tol *= 0.25  # the test block lags the train block: tighten and go on
+        done = bool(st.bad) or float(st.t) >= max_time or int(st.steps) >= max_steps
+        if done:
+            break
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            stopped = f"wall-clock budget max_seconds={max_seconds:g} s spent"
+            break
+        if record(st) is True:
+            stopped = "stopped by callback"
+            break
+
+    # Final kernels, predictors, exact fixed-point residual.
+    h, Phi, G, f = observe(st.A, st.z, st.M, st.d, h0, Cx_all, gamma0)
+    h, Phi, G, f = (np.asarray(v) for v in (h, Phi, G, f))
+    z_np = np.asarray(st.z)
+    finite = all(np.all(np.isfinite(v)) for v in (h, Phi, G, f, z_np)) and not bool(st.bad)
+    gap = float("nan")
+    if finite:
+        if not rec_t or rec_t[-1] != float(st.t):
+            record(st)
+        delta_x = y_train - f[:p]
+        Mx = np.asarray(st.M) if relu else np.asarray(act.deriv(jnp.asarray(h[:, :p])))
+        h_star = (gamma0 / lam) * ((z_np[:, None] * (delta_x[None, :] * Mx)) @ C_full[:p])
+        z_star = (gamma0 / lam) * (np.asarray(act.fn(jnp.asarray(h[:, :p]))) @ delta_x)
+        residual = max(np.linalg.norm(h - h_star) / max(np.linalg.norm(h), 1e-300),
+                       np.linalg.norm(z_np - z_star) / max(np.linalg.norm(z_np), 1e-300))
+        gap = full_gap(st)
+    else:
+        residual = float("nan")
+    converged = finite and gap <= tol and (residual_tol == np.inf or residual <= 10 * residual_tol)
+    iterations = int(st.steps)
+    where = f"after {iterations} steps (t = {float(st.t):.4g}); feature-form gap {gap:.2e}, fixed-point residual {residual:.2e}"
+    if not finite:
+        message = ("overflow or NaN in the dynamics (gamma0 or 1/weight_decay too large for the data, "
+                   "or the step size underflowed); kernels are NaN")
+        converged = False
+    elif converged:
+        message = f"converged {where}"
+    elif stopped:
+        message = f"not converged: {stopped} {where}"
+    elif float(st.t) >= max_time:
+        message = f"not converged by max_time={max_time:g} {where}"
+    elif iterations >= max_steps:
+        message = f"not converged in max_steps={max_steps} {where}"
+    else:
+        message = f"not converged {where}"
+    if notes:
+        message += "; " + "; ".join(notes)
+
+    q = C_full.shape[0]
+    lazy = lazy_kernels(x_all, depth=1, activation=act.name)
+    lazy_ntk_tr, lazy_ntk_te = _kernel_predict(lazy.ntk[-1], y_train, 2 * lam, p)
+    lazy_nngp_tr, lazy_nngp_te = _kernel_predict(lazy.nngp[-1], y_train, lam, p)
+    nan_pq = np.full((q, q), np.nan)
+    if finite:
+        K = Phi + G * C_full
+        feat_tr, feat_te = _kernel_predict(Phi, y_train, lam, p)
+        ntk_tr, ntk_te = _kernel_predict(K, y_train, 2 * lam, p)
+        f_tr, f_te = f[:p], f[p:]
+    else:
+        Phi = G = K = nan_pq
+        feat_tr = ntk_tr = f_tr = np.full(p, np.nan)
+        feat_te = ntk_te = f_te = np.full(q - p, np.nan)
+
+    state = None
+    if finite:
+        state = {"h0": np.asarray(h0), "A": np.asarray(st.A), "z": z_np, "M": np.asarray(st.M),
+                 "d": float(st.d)}
+
+    def stack(lst, shape):
+        return np.stack(lst) if lst else np.zeros((0,) + shape)
+
+    return ANTKResult(
+        Phi=Phi, G=G, K=K, C=C_full,
+        kernels=Phi[None, :p, :p], kernels_full=Phi[None], gradient_kernels_full=G[None],
+        train_predictions=f_tr, test_predictions=f_te,
+        feature_train_predictions=feat_tr, feature_test_predictions=feat_te,
+        ntk_train_predictions=ntk_tr, ntk_test_predictions=ntk_te,
+        test_loss=mse(f_te, y_test), train_loss=mse(f_tr, y_train),
+        test_error=classification_error(f_te, y_test) if finite else float("nan"),
+        test_loss_feature_form=mse(feat_te, y_test), test_loss_ntk_form=mse(ntk_te, y_test),
+        feature_gap=_rel_gap(feat_te, f_te), ntk_gap=_rel_gap(ntk_te, f_te),
+        alignment=[_alignment(Phi[:p, :p], y_train)], ntk_alignment=_alignment(K[:p, :p], y_train),
+        lazy_ntk_test_predictions=lazy_ntk_te, lazy_nngp_test_predictions=lazy_nngp_te,
+        lazy_ntk_test_loss=mse(lazy_ntk_te, y_test), lazy_nngp_test_loss=mse(lazy_nngp_te, y_test),
+        lazy_ntk_ridge=2 * lam, lazy_nngp_ridge=lam,
+        times=np.asarray(times), trajectory_train_loss=np.asarray(losses),
+        trajectory_residual=np.asarray(resids), step_sizes=np.asarray(dts),
+        record_times=np.asarray(rec_t), record_test_loss=np.asarray(rec_test),
+        record_train_loss=np.asarray(rec_train), record_alignment=np.asarray(rec_align),
+        snapshots_phi=stack(snaps_phi, (q, q)), snapshots_g=stack(snaps_g, (q, q)),
+        converged=bool(converged), iterations=iterations, residual=float(residual), message=message,
+        seconds=time.perf_counter() - start, gamma0=gamma0, weight_decay=lam, depth=1,
+        activation=act.name, samples=samples, seed=seed, final_time=float(st.t), state=state,
+    )
+
+
+__all__ = ["ANTKResult", "antk"]

@@ -1,0 +1,165 @@
+"""aNTK (THEORY.md section 4) against exact oracles, at small sizes."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+import akviz
+from akviz.antk import antk
+
+
+def small(n_train=20, n_test=10, seed=0):
+    return akviz.load_dataset("digits:3v8", n_train, n_test, seed)
+
+
+@pytest.fixture(scope="module")
+def linear_run():
+    return antk(small(30, 20), gamma0=1.0, weight_decay=0.1, activation="linear", samples=400,
+                tol=1e-9, residual_tol=1e-9, max_steps=3000)
+
+
+def test_linear_three_forms_agree(linear_run):
+    r = linear_run
+    assert r.converged, r.message
+    # Linear phi: DMFT output, feature form and NTK form are the same function (THEORY 4.2).
+    np.testing.assert_allclose(r.feature_test_predictions, r.test_predictions, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(r.ntk_test_predictions, r.test_predictions, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(r.ntk_train_predictions, r.train_predictions, rtol=0, atol=1e-8)
+    assert r.residual < 1e-4
+
+
+def test_linear_fixed_point_identity_by_hand(linear_run):
+    """Recompute f = Phi(x,X)(Phi + lambda I)^-1 y from the returned kernel, independently of the solver."""
+    r = linear_run
+    p = r.train_predictions.size
+    phi = r.Phi
+    f = phi[p:, :p] @ np.linalg.solve(phi[:p, :p] + r.weight_decay * np.eye(p), small(30, 20).y_train)
+    np.testing.assert_allclose(f, r.test_predictions, atol=1e-8)
+    # K = Phi + G * C with G = <z^2> for the linear activation (phi' = 1).
+    np.testing.assert_allclose(r.K, r.Phi + r.G * r.C, atol=1e-12)
+
+
+def test_result_fields_and_json(linear_run):
+    r = linear_run
+    q = r.C.shape[0]
+    assert r.Phi.shape == r.G.shape == r.K.shape == (q, q)
+    assert r.kernels_full.shape == (1, q, q)
+    assert r.snapshots_phi.shape[1:] == (q, q) and r.snapshots_phi.shape[0] == r.record_times.size >= 2
+    assert np.all(np.diff(r.times) > 0)
+    d = r.to_json_dict()
+    json.dumps(d)
+    for key in ("converged", "iterations", "residual", "test_loss", "test_loss_feature_form",
+                "test_loss_ntk_form", "train_loss", "test_error", "alignment", "gamma0",
+                "weight_decay", "samples"):
+        assert key in d
+    assert isinstance(d["alignment"], list) and len(d["alignment"]) == 1
+
+
+def test_lazy_baselines_match_kernel_ridge(linear_run):
+    ds = small(30, 20)
+    r = linear_run
+    lazy = akviz.lazy_predictor(ds, method="ntk", depth=1, activation="linear", ridge=2 * r.weight_decay)
+    np.testing.assert_allclose(r.lazy_ntk_test_predictions, lazy.test_predictions, atol=1e-10)
+    lazy = akviz.lazy_predictor(ds, method="nngp", depth=1, activation="linear", ridge=r.weight_decay)
+    np.testing.assert_allclose(r.lazy_nngp_test_predictions, lazy.test_predictions, atol=1e-10)
+
+
+def test_lazy_limit_early_times_follow_ntk_gradient_flow():
+    """gamma0 -> 0, lambda -> 0: f(t) = (I - exp(-K t)) y on train, K(x,X) K^-1 (I - exp(-K t)) y on test."""
+    ds = small(20, 10)
+    r = antk(ds, gamma0=1e-4, weight_decay=1e-7, activation="relu", samples=4000, max_time=0.6,
+             rtol=1e-3, record_every=1000)
+    assert not r.converged and "max_time" in r.message
+    t = r.final_time
+    assert abs(t - 0.6) < 1e-9
+    p = ds.x_train.shape[0]
+    # Oracle 1: the sampled init kernel (isolates the integrator and the gamma0 -> 0 limit).
+    k0 = r.snapshots_phi[0] + r.snapshots_g[0] * r.C
+    decay = np.eye(p) - scipy.linalg.expm(-k0[:p, :p] * t)
+    f_train = decay @ ds.y_train
+    f_test = k0[p:, :p] @ np.linalg.solve(k0[:p, :p], f_train)
+    np.testing.assert_allclose(r.train_predictions, f_train, atol=3e-3 * np.abs(f_train).max())
+    np.testing.assert_allclose(r.test_predictions, f_test, atol=3e-3 * np.abs(f_test).max())
+    # Oracle 2: the analytic lazy NTK, within Monte Carlo error of 4000 neurons (~3% per kernel entry).
+    k = akviz.ntk(np.concatenate([ds.x_train, ds.x_test]), depth=1, activation="relu")
+    f_train = (np.eye(p) - scipy.linalg.expm(-k[:p, :p] * t)) @ ds.y_train
+    assert np.linalg.norm(r.train_predictions - f_train) < 0.1 * np.linalg.norm(f_train)
+
+
+def _ensemble(samples, seeds):
+    ds = small(16, 16)
+    return np.stack([antk(ds, gamma0=1.0, weight_decay=0.1, activation="relu", samples=samples,
+                          seed=s, max_time=3.0, record_every=1000).test_predictions for s in seeds])
+
+
+def test_seeds_agree_within_mc_error_and_variance_halves():
+    seeds = range(24)
+    f64 = _ensemble(64, seeds)
+    f128 = _ensemble(128, seeds)
+    var64, var128 = f64.var(axis=0, ddof=1).mean(), f128.var(axis=0, ddof=1).mean()
+    ratio = var64 / var128
+    # Doubling the neurons halves the Monte Carlo variance (24 seeds x 16 points: ratio within ~25%).
+    assert 1.4 < ratio < 2.8, ratio
+    # Two seeds at S=128 differ by sqrt(2) sigma per point on average, not more.
+    z = (f128[0] - f128[1]) / np.sqrt(2 * f128.var(axis=0, ddof=1))
+    assert np.mean(z**2) < 4.0
+    # ... and agree in mean: the ensemble means at S=64 and S=128 differ only by MC error.
+    se = np.sqrt(var64 / 24 + var128 / 24)
+    assert np.abs(f64.mean(0) - f128.mean(0)).mean() < 4 * se
+
+
+def test_max_time_non_convergence_reported():
+    r = antk(small(), gamma0=1.0, weight_decay=0.1, samples=200, max_time=1.0)
+    assert r.converged is False
+    assert "max_time" in r.message
+    assert np.all(np.isfinite(r.Phi))
+
+
+def test_overflow_caught_not_returned_as_kernels():
+    x1, y1, x2, y2 = small()
+    with np.errstate(all="ignore"):
+        r = antk((x1 * 1e120, y1, x2 * 1e120, y2), gamma0=1.0, weight_decay=0.1, samples=50, max_steps=200)
+    assert r.converged is False
+    assert np.all(np.isnan(r.Phi)) and np.all(np.isnan(r.K))
+    assert "NaN" in r.message or "overflow" in r.message
+    json.dumps(r.to_json_dict())
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(gamma0=0.0, weight_decay=0.1), dict(gamma0=-1.0, weight_decay=0.1),
+    dict(gamma0=1.0, weight_decay=0.0), dict(gamma0=1.0, weight_decay=float("nan")),
+    dict(gamma0=1.0, weight_decay=0.1, depth=0), dict(gamma0=1.0, weight_decay=0.1, activation="nope"),
+    dict(gamma0=1.0, weight_decay=0.1, samples=1), dict(gamma0=1.0, weight_decay=0.1, init="x"),
+])
+def test_bad_arguments_raise_value_error(kwargs):
+    with pytest.raises(ValueError):
+        antk(small(), **kwargs)
+
+
+def test_warm_start_reuses_population(linear_run):
+    ds = small(30, 20)
+    r = antk(ds, gamma0=1.1, weight_decay=0.1, activation="linear", samples=400, tol=1e-9,
+             residual_tol=1e-9, max_steps=3000, init=linear_run)
+    assert r.converged, r.message
+    assert "cold start" not in r.message
+    assert r.iterations < linear_run.iterations
+    np.testing.assert_allclose(r.feature_test_predictions, r.test_predictions, atol=1e-8)
+    # Incompatible init (different samples) falls back to a cold start, says so.
+    r2 = antk(ds, gamma0=1.0, weight_decay=0.1, activation="linear", samples=200, max_time=1.0,
+              init=linear_run)
+    assert "cold start" in r2.message
+
+
+@pytest.mark.parametrize("activation", [
+    pytest.param("relu", marks=pytest.mark.xfail(
+        strict=True, reason="issue 4 acceptance not met yet for relu: DMFT vs feature form stalls at "
+        "~1e-3 (neurons chattering on the kink)")),
+    "tanh"])
+def test_dmft_output_matches_feature_form(activation):
+    r = antk(small(30, 20), gamma0=1.0, weight_decay=0.1, activation=activation, samples=400,
+             tol=1e-4, max_steps=1500)
+    assert r.converged, r.message
+    gap = np.linalg.norm(r.feature_test_predictions - r.test_predictions) / np.linalg.norm(r.test_predictions)
+    assert gap < 1e-4
