@@ -1,19 +1,140 @@
-"""Sidebar controls and cached akviz calls shared by every page.
+"""Shared sidebar, URL state and cached akviz calls for every page.
 
-Caches are bounded (``max_entries``) so many users on one server cannot
-exhaust its memory.
+The sidebar is drawn once by ``app.py`` (before the page runs), so its
+settings persist across pages; :func:`settings` hands them to a page.
+Widget values mirror ``st.query_params`` so a link reproduces a view.
+Caches are bounded (``max_entries``) so many users cannot exhaust a server.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import numpy as np
 import streamlit as st
 
 import akviz
 from akviz.data import EXAMPLE_DATASETS
+from akviz.sweep import SolutionCache
 
 ACTIVATIONS = ("relu", "erf", "tanh", "linear")
+SAMPLE_CHOICES = ("auto", 1000, 2000, 4000, 8000, 16000)
+BETAS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
+WEIGHT_DECAYS = (0.01, 0.03, 0.1, 0.3, 1.0)
+METHOD_LABELS = {"anbk": "aNBK (Bayesian)", "antk": "aNTK (weight decay)"}
 
+# key -> (default, parser from a URL string)
+URL_STATE = {
+    "dataset": ("digits:3v8", str),
+    "n_train": (100, int),
+    "n_test": (200, int),
+    "seed": (0, int),
+    "depth": (1, int),
+    "activation": ("relu", str),
+    "method": ("anbk", str),
+    "gamma0": (0.5, float),
+    "beta": (10.0, float),
+    "weight_decay": (0.1, float),
+    "samples": ("auto", lambda s: s if s == "auto" else int(s)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    dataset: str
+    n_train: int
+    n_test: int
+    seed: int
+    depth: int
+    activation: str
+    method: str
+    gamma0: float
+    beta: float
+    weight_decay: float
+    samples: object
+
+    @property
+    def data(self) -> dict:
+        return dict(name=self.dataset, n_train=self.n_train, n_test=self.n_test, seed=self.seed)
+
+    @property
+    def ridge(self) -> float:
+        """Ridge of the lazy baseline matched to the adaptive method (THEORY.md 2)."""
+        return 1.0 / self.beta if self.method == "anbk" else self.weight_decay
+
+
+def _valid(key, value):
+    choices = {"dataset": EXAMPLE_DATASETS, "activation": ACTIVATIONS, "method": tuple(METHOD_LABELS),
+               "beta": BETAS, "weight_decay": WEIGHT_DECAYS, "samples": SAMPLE_CHOICES}
+    if key in choices:
+        return value in choices[key]
+    if key in ("n_train", "n_test"):
+        return 20 <= value <= 200 and value % 10 == 0
+    if key == "depth":
+        return 1 <= value <= 4
+    if key == "gamma0":
+        return 0.05 <= value <= 2.0 and math.isfinite(value)
+    return value >= 0
+
+
+def load_url_state():
+    """Once per session: seed widget state from the URL (invalid values are ignored)."""
+    if st.session_state.get("_url_loaded"):
+        return
+    for key, (default, parse) in URL_STATE.items():
+        value = default
+        if key in st.query_params:
+            try:
+                candidate = parse(st.query_params[key])
+                if _valid(key, candidate):
+                    value = candidate
+            except (TypeError, ValueError):
+                pass
+        st.session_state.setdefault(key, value)
+    st.session_state["_url_loaded"] = True
+
+
+def save_url_state():
+    """Mirror the current settings into the URL so the view can be shared."""
+    for key in URL_STATE:
+        if key in st.session_state:
+            value = str(st.session_state[key])
+            if st.query_params.get(key) != value:
+                st.query_params[key] = value
+
+
+def sidebar():
+    """Draw the shared controls (values live in session state under the URL_STATE keys)."""
+    sb = st.sidebar
+    sb.header("Data")
+    sb.selectbox("Dataset", EXAMPLE_DATASETS, key="dataset",
+                 help="Embedded datasets. MNIST / CIFAR-10 files work from the CLI and API (--data-dir).")
+    sb.slider("Training points P", 20, 200, step=10, key="n_train")
+    sb.slider("Test points", 20, 200, step=10, key="n_test")
+    sb.number_input("Seed", 0, 10_000, key="seed")
+    sb.header("Network")
+    sb.slider("Hidden layers L", 1, 4, key="depth")
+    sb.selectbox("Activation", ACTIVATIONS, key="activation")
+    sb.header("Feature learning")
+    sb.radio("Adaptive kernel", tuple(METHOD_LABELS), format_func=METHOD_LABELS.get, key="method",
+             horizontal=True)
+    sb.slider("gamma0 (feature-learning strength)", 0.05, 2.0, step=0.05, key="gamma0",
+              help="gamma0 -> 0 is the lazy kernel limit; gamma0 = O(1) is the rich regime.")
+    if st.session_state["method"] == "anbk":
+        sb.select_slider("beta (inverse temperature)", BETAS, key="beta")
+    else:
+        sb.select_slider("weight decay lambda", WEIGHT_DECAYS, key="weight_decay")
+    sb.selectbox("Monte Carlo samples", SAMPLE_CHOICES, key="samples",
+                 help="Samples / neurons of the adaptive solvers; 'auto' uses the solver default.")
+
+
+def settings() -> Settings:
+    load_url_state()  # no-op after app.py has run it; lets a page also run on its own
+    return Settings(**{key: st.session_state[key] for key in URL_STATE})
+
+
+# ---------------------------------------------------------------- cached computation
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def dataset(name: str, n_train: int, n_test: int, seed: int):
@@ -27,24 +148,77 @@ def lazy(name: str, n_train: int, n_test: int, seed: int, method: str, depth: in
                                 activation=activation, ridge=ridge)
 
 
-def data_controls():
-    """Dataset, sizes and seed in the sidebar; returns them as a dict."""
-    sb = st.sidebar
-    sb.header("Data")
-    name = sb.selectbox("Dataset", EXAMPLE_DATASETS, index=0, key="dataset",
-                        help="Embedded datasets; MNIST/CIFAR-10 work from the CLI with --data-dir.")
-    n_train = sb.slider("Training points P", 20, 200, 100, step=10, key="n_train")
-    n_test = sb.slider("Test points", 20, 200, 200, step=10, key="n_test")
-    seed = sb.number_input("Seed", 0, 10_000, 0, key="seed")
-    return dict(name=name, n_train=int(n_train), n_test=int(n_test), seed=int(seed))
+@st.cache_resource(max_entries=1)
+def solution_cache() -> SolutionCache:
+    """One bounded store of adaptive solutions per server, shared for warm starts."""
+    return SolutionCache(max_entries=48)
 
 
-def network_controls(max_depth: int = 4):
-    sb = st.sidebar
-    sb.header("Network")
-    depth = sb.slider("Hidden layers L", 1, max_depth, 1, key="depth")
-    activation = sb.selectbox("Activation", ACTIVATIONS, index=0, key="activation")
-    return dict(depth=int(depth), activation=activation)
+def _problem(s: Settings, method: str) -> tuple:
+    strength = s.beta if method == "anbk" else s.weight_decay
+    return (method, s.dataset, s.n_train, s.n_test, s.seed, s.depth, s.activation, strength, s.samples)
+
+
+def solver_for(s: Settings, method: str):
+    """``solver(gamma0, init)`` for the current settings."""
+    ds = dataset(**s.data)
+    extra = {} if s.samples == "auto" else {"samples": int(s.samples)}
+    if method == "anbk":
+        return lambda g, init: akviz.anbk(ds, gamma0=g, beta=s.beta, depth=s.depth, activation=s.activation,
+                                          seed=s.seed, init=init, **extra)
+    return lambda g, init: akviz.antk(ds, gamma0=g, weight_decay=s.weight_decay, depth=s.depth,
+                                      activation=s.activation, seed=s.seed, init=init, **extra)
+
+
+def adaptive(s: Settings, method: str | None = None, gamma0: float | None = None):
+    """The adaptive solution at ``gamma0`` (default: the slider), warm-started from the nearest cached one.
+
+    Returns ``(result, info)``; ``info`` says whether it was cached, where it warm-started and how long it took.
+    """
+    method = method or s.method
+    gamma0 = s.gamma0 if gamma0 is None else gamma0
+    return solution_cache().solve(_problem(s, method), float(gamma0), solver_for(s, method),
+                                  usable=lambda r: bool(r.converged))
+
+
+def diagnostics(result, info=None) -> str:
+    """One line of solver diagnostics for beside a figure."""
+    parts = [("converged" if result.converged else "NOT converged"), f"{result.iterations} iterations"]
+    residual = result.residual["max"] if isinstance(result.residual, dict) else result.residual
+    parts.append(f"residual {residual:.2e}")
+    if hasattr(result, "ess"):
+        parts.append(f"min ESS {min(result.ess):.0%}")
+    if hasattr(result, "feature_gap"):
+        parts.append(f"DMFT vs feature form {result.feature_gap:.1e}")
+    if info:
+        if info.get("cached"):
+            parts.append("cached")
+        else:
+            parts.append(f"{info['seconds']:.2f} s" + (f", warm start from gamma0={info['warm_from']:g}"
+                                                       if info.get("warm_from") is not None else ", cold start"))
+    return " · ".join(parts)
+
+
+def show_status(result, info=None):
+    """Diagnostics caption, and a warning that cannot be missed when the solver did not converge."""
+    st.caption("Solver: " + diagnostics(result, info))
+    if not result.converged:
+        st.warning(f"This result did not converge, so read the figures below with care. {result.message}")
+
+
+def downloads(name: str, figure=None, result=None):
+    """Download buttons: the figure as interactive HTML, the result as JSON and NPZ."""
+    from akviz.export import to_json_bytes, to_npz_bytes
+
+    cols = st.columns(3)
+    if figure is not None:
+        cols[0].download_button("Figure (HTML)", figure.to_html(include_plotlyjs="cdn"), f"{name}.html",
+                                mime="text/html", key=f"dl-{name}-html")
+    if result is not None:
+        cols[1].download_button("Result (JSON)", to_json_bytes(result), f"{name}.json",
+                                mime="application/json", key=f"dl-{name}-json")
+        cols[2].download_button("Arrays (NPZ)", to_npz_bytes(result), f"{name}.npz",
+                                mime="application/octet-stream", key=f"dl-{name}-npz")
 
 
 def format_layers(values) -> str:

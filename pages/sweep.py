@@ -1,0 +1,94 @@
+"""Test loss against gamma0: adaptive kernels vs the lazy baselines, with progress and caching."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from akviz.plots import lines
+from dashboard import common
+
+st.title("Test loss vs gamma0")
+s = common.settings()
+c1, c2, c3 = st.columns(3)
+methods = c1.multiselect("Adaptive kernels", list(common.METHOD_LABELS), default=[s.method],
+                         format_func=common.METHOD_LABELS.get, key="sweep_methods")
+lo, hi = c2.select_slider("gamma0 range", options=[0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0],
+                          value=(0.1, 1.0), key="sweep_range")
+n_points = c3.slider("Points", 3, 12, 5, key="sweep_points")
+grid = [float(g) for g in np.round(np.geomspace(lo, hi, n_points), 3)] if hi > lo else [float(lo)]
+
+try:
+    ds = common.dataset(**s.data)
+except ValueError as exc:
+    st.error(str(exc))
+    st.stop()
+
+if st.button("Run sweep", type="primary", key="run_sweep"):
+    total = len(grid) * len(methods)
+    bar = st.progress(0.0, text="Starting...")
+    with st.status("Sweeping gamma0 (each point warm-starts from the previous; press Stop to interrupt)",
+                   expanded=True) as status:
+        st.button("Stop", key="stop_sweep")  # any click reruns the page, which ends this run; points so far stay cached
+        done = 0
+        for method in methods:
+            for g in grid:
+                result, info = common.adaptive(s, method=method, gamma0=g)
+                done += 1
+                bar.progress(done / total, text=f"{common.METHOD_LABELS[method]}: gamma0 = {g:g} ({done}/{total})")
+                st.write(f"{common.METHOD_LABELS[method]}, gamma0 = {g:g}: test MSE {result.test_loss:.4f}, "
+                         + common.diagnostics(result, info))
+        status.update(label="Sweep finished", state="complete", expanded=False)
+
+# Draw whatever is cached for this grid, so an interrupted sweep still shows its points.
+cache = common.solution_cache()
+series, errors, rows, failed = {}, {}, [], {}
+for method in methods:
+    name = "aNBK" if method == "anbk" else "aNTK"
+    pts = [(g, cache.get(common._problem(s, method), g)) for g in grid]
+    pts = [(g, r) for g, r in pts if r is not None]
+    if not pts:
+        continue
+    series[name] = [r.test_loss for _, r in pts]
+    errors[name] = [r.test_error for _, r in pts]
+    bad = [(g, r.test_loss) for g, r in pts if not r.converged]
+    if bad:
+        failed[f"{name} not converged"] = ([g for g, _ in bad], [v for _, v in bad], ["not converged"] * len(bad))
+    for g, r in pts:
+        rows.append({"method": name, "gamma0": g, "test MSE": r.test_loss, "test error": r.test_error,
+                     "converged": r.converged, "alignment (last layer)": r.alignment[-1]})
+
+if not rows:
+    st.info("Press **Run sweep** to solve the adaptive kernels on this grid: "
+            + ", ".join(f"{g:g}" for g in grid) + ".")
+    st.stop()
+
+xs = [g for g in grid if any(r["gamma0"] == g for r in rows)]
+baselines = {}
+if "anbk" in methods:
+    baselines[f"NNGP (ridge 1/beta = {1 / s.beta:g})"] = common.lazy(
+        **s.data, method="nngp", depth=s.depth, activation=s.activation, ridge=1.0 / s.beta)
+if "antk" in methods:
+    baselines[f"NTK (ridge (L+1) lambda = {(s.depth + 1) * s.weight_decay:g})"] = common.lazy(
+        **s.data, method="ntk", depth=s.depth, activation=s.activation, ridge=(s.depth + 1) * s.weight_decay)
+    baselines[f"NNGP (ridge lambda = {s.weight_decay:g})"] = common.lazy(
+        **s.data, method="nngp", depth=s.depth, activation=s.activation, ridge=s.weight_decay)
+
+x_for = {name: [r["gamma0"] for r in rows if r["method"] == name] for name in series}
+fig = lines(xs, {}, title=f"Test MSE vs gamma0 ({ds.description}, P = {s.n_train})", xaxis="gamma0",
+            yaxis="test MSE", log_x=True, hlines={k: v.test_loss for k, v in baselines.items()}, markers=failed)
+for name, ys in series.items():
+    fig.add_scatter(x=x_for[name], y=ys, mode="lines+markers", name=name)
+st.plotly_chart(fig, width="stretch", key="sweep_loss")
+if ds.is_binary:
+    fig_err = lines(xs, {}, title="Test classification error", xaxis="gamma0", yaxis="test error", log_x=True,
+                    hlines={k: v.test_error for k, v in baselines.items()})
+    for name, ys in errors.items():
+        fig_err.add_scatter(x=x_for[name], y=ys, mode="lines+markers", name=name)
+    st.plotly_chart(fig_err, width="stretch", key="sweep_error")
+table = pd.DataFrame(rows)
+if not table["converged"].all():
+    st.warning("Some points did not converge (open diamonds); their losses are not trustworthy.")
+st.dataframe(table, hide_index=True, width="stretch")
+common.downloads("gamma0-sweep", fig)
+st.download_button("Table (CSV)", table.to_csv(index=False), "gamma0-sweep.csv", mime="text/csv",
+                   key="dl-sweep-csv")
