@@ -1,12 +1,10 @@
 """akviz dashboard: ``streamlit run app.py``.
 
-The entry point draws the shared sidebar (so settings persist across pages
-and live in the URL), then runs the chosen page.
+Each page draws the shared sidebar itself (``dashboard.common.page_setup``):
+settings persist across pages and live in the URL.
 """
 
 import streamlit as st
-
-from dashboard import common
 
 st.set_page_config(page_title="akviz: adaptive kernels", layout="wide")
 
@@ -19,8 +17,4 @@ PAGES = [
     st.Page("pages/deep_linear.py", title="Deep linear networks"),
 ]
 
-page = st.navigation(PAGES)
-common.load_url_state()
-common.sidebar()
-page.run()
-common.save_url_state()
+st.navigation(PAGES).run()

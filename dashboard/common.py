@@ -1,8 +1,9 @@
 """Shared sidebar, URL state and cached akviz calls for every page.
 
-The sidebar is drawn once by ``app.py`` (before the page runs), so its
-settings persist across pages; :func:`settings` hands them to a page.
-Widget values mirror ``st.query_params`` so a link reproduces a view.
+Every page starts with :func:`page_setup`, which draws the shared sidebar and
+returns the settings. Widget values are carried across pages (Streamlit
+otherwise forgets a widget's state on a page that does not draw it) and
+mirror ``st.query_params``, so a link reproduces a view.
 Caches are bounded (``max_entries``) so many users cannot exhaust a server.
 """
 
@@ -129,8 +130,18 @@ def sidebar():
                  help="Samples / neurons of the adaptive solvers; 'auto' uses the solver default.")
 
 
+def page_setup() -> Settings:
+    """Load the URL state (first run), draw the sidebar, save the state; returns the settings."""
+    load_url_state()
+    for key in URL_STATE:
+        # Re-assigning turns widget state into session state, which survives a page switch.
+        st.session_state[key] = st.session_state[key]
+    sidebar()
+    save_url_state()
+    return settings()
+
+
 def settings() -> Settings:
-    load_url_state()  # no-op after app.py has run it; lets a page also run on its own
     return Settings(**{key: st.session_state[key] for key in URL_STATE})
 
 
@@ -170,15 +181,18 @@ def solver_for(s: Settings, method: str):
                                       activation=s.activation, seed=s.seed, init=init, **extra)
 
 
-def adaptive(s: Settings, method: str | None = None, gamma0: float | None = None):
+def adaptive(s: Settings, method: str | None = None, gamma0: float | None = None, *, warm: bool = True):
     """The adaptive solution at ``gamma0`` (default: the slider), warm-started from the nearest cached one.
 
-    Returns ``(result, info)``; ``info`` says whether it was cached, where it warm-started and how long it took.
+    ``warm=False`` solves from the random initialisation (cached separately), for views that show
+    the whole trajectory. Returns ``(result, info)``; ``info`` says whether it was cached, where it
+    warm-started and how long it took.
     """
     method = method or s.method
     gamma0 = s.gamma0 if gamma0 is None else gamma0
-    return solution_cache().solve(_problem(s, method), float(gamma0), solver_for(s, method),
-                                  usable=lambda r: bool(r.converged))
+    problem = _problem(s, method) + (() if warm else ("cold",))
+    return solution_cache().solve(problem, float(gamma0), solver_for(s, method),
+                                  usable=(lambda r: bool(r.converged)) if warm else (lambda r: False))
 
 
 def diagnostics(result, info=None) -> str:

@@ -16,7 +16,7 @@ st.markdown(
     "`c = (1 + gamma0^2 c / (c + 1/beta)^2)^L`. Feature learning is the growth of the overlaps "
     "`c_l = y^T Phi^l y` above their lazy value 1, more in deeper layers and at larger `gamma0`."
 )
-s = common.settings()
+s = common.page_setup()
 col1, col2 = st.columns(2)
 depth = col1.slider("Depth L (this page)", 1, 8, max(s.depth, 4), key="linear_depth")
 gammas = col2.multiselect("gamma0 values", [0.25, 0.5, 1.0, 1.5, 2.0, 3.0], default=[0.5, 1.0, 2.0],

@@ -8,7 +8,7 @@ from akviz.plots import density_overlay, scatter_2d
 from dashboard import common
 
 st.title("Preactivation densities")
-s = common.settings()
+s = common.page_setup()
 st.markdown(
     "In the lazy limit every preactivation `h^l_mu` is Gaussian. In a wide Bayesian network trained at "
     "`gamma0 > 0` the single-neuron density is the prior tilted by `exp(-phi^T hatPhi phi / 2)`: neurons "

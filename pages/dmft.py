@@ -8,7 +8,7 @@ from akviz.plots import dmft_animation, prediction_scatter
 from dashboard import common
 
 st.title("DMFT convergence")
-s = common.settings()
+s = common.page_setup()
 st.markdown(
     "Gradient flow with weight decay at infinite width (THEORY.md 4): each sampled neuron carries its "
     "preactivations and read-out weight. Press **Play** to watch the feature kernel `Phi(t)` organise "
@@ -21,7 +21,7 @@ if s.method != "antk":
 try:
     ds = common.dataset(**s.data)
     with st.spinner(f"Running the DMFT at gamma0 = {s.gamma0:g}, lambda = {s.weight_decay:g}..."):
-        result, info = common.adaptive(s, method="antk")
+        result, info = common.adaptive(s, method="antk", warm=False)  # the whole trajectory from init
 except ValueError as exc:
     st.error(str(exc))
     st.stop()

@@ -7,7 +7,7 @@ from akviz.plots import bar_by_layer, kernel_grid
 from dashboard import common
 
 st.title("Kernel explorer")
-s = common.settings()
+s = common.page_setup()
 lazy_kind = "nngp"  # Phi^l is compared with the NNGP Phi^l of the same layer
 
 try:

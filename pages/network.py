@@ -10,7 +10,7 @@ from dashboard import common
 WIDTHS = [256, 512, 1024, 2048, 4096]
 
 st.title("Theory vs network")
-s = common.settings()
+s = common.page_setup()
 bayes = s.method == "anbk"
 st.markdown(
     ("**aNBK**: a Bayesian network of width N sampled by Langevin dynamics (exact Gaussian read-out "

@@ -8,7 +8,7 @@ from akviz.plots import lines
 from dashboard import common
 
 st.title("Test loss vs gamma0")
-s = common.settings()
+s = common.page_setup()
 c1, c2, c3 = st.columns(3)
 methods = c1.multiselect("Adaptive kernels", list(common.METHOD_LABELS), default=[s.method],
                          format_func=common.METHOD_LABELS.get, key="sweep_methods")

@@ -43,11 +43,118 @@ def _app(**query):
 
 
 def test_deep_linear_page_matches_closed_form():
-    at = _app(beta=10.0).run()
-    at.switch_page("pages/deep_linear.py").run()
-    assert not at.exception, at.exception
+    at = _small_app("pages/deep_linear.py", beta=10.0)
     fig = _figure(at, "overlaps")
     exact = {t["name"]: _array(t["y"]) for t in fig["data"] if t["name"].startswith("exact")}
     np.testing.assert_allclose(exact["exact, gamma0=1"], linear_overlaps(1.0, 10.0, 4), rtol=1e-12)
     solver = {t["name"]: _array(t["y"]) for t in fig["data"] if t["name"].startswith("solver")}
     np.testing.assert_allclose(solver["solver, gamma0=2"], linear_overlaps(2.0, 10.0, 4), rtol=1e-8)
+
+
+# Small, exactly solvable settings keep the page tests fast: the linear aNBK is solved
+# by Gaussian integrals, and the figures are compared with direct akviz calls.
+SMALL = dict(activation="linear", n_train=20, n_test=20, beta=1.0, gamma0=0.5, samples=1000)
+
+
+def _small_app(page=None, **extra):
+    at = _app(**{**SMALL, **extra}).run()
+    assert not at.exception, at.exception
+    if page:
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+    return at
+
+
+def _heatmap_z(fig, title_prefix):
+    """z of the first heatmap whose hover label starts with ``title_prefix``."""
+    for trace in fig["data"]:
+        if trace["type"] == "heatmap" and title_prefix in trace.get("hovertemplate", ""):
+            return _array(trace["z"])
+    raise AssertionError(f"no heatmap {title_prefix!r}")
+
+
+def _sorted(k, labels):
+    order = np.argsort(labels, kind="stable")
+    return np.asarray(k)[np.ix_(order, order)]
+
+
+def test_kernel_explorer_follows_slider_and_method_toggle():
+    at = _small_app()
+    ds = akviz.load_dataset("digits:3v8", 20, 20, 0)
+    fig = _figure(at, "heatmaps")
+    expected = akviz.anbk(ds, gamma0=0.5, beta=1.0, activation="linear").kernels_full[0][:20, :20]
+    np.testing.assert_allclose(_heatmap_z(fig, "aNBK Phi layer 1"), _sorted(expected, ds.labels_train), rtol=1e-8)
+    lazy = akviz.nngp(ds.x_train, depth=1, activation="linear")
+    np.testing.assert_allclose(_heatmap_z(fig, "aNBK - NNGP layer 1"),
+                               _sorted(expected - lazy, ds.labels_train), atol=1e-10)
+
+    at.sidebar.slider(key="gamma0").set_value(1.5).run()
+    assert not at.exception, at.exception
+    moved = akviz.anbk(ds, gamma0=1.5, beta=1.0, activation="linear").kernels_full[0][:20, :20]
+    np.testing.assert_allclose(_heatmap_z(_figure(at, "heatmaps"), "aNBK Phi layer 1"),
+                               _sorted(moved, ds.labels_train), rtol=1e-8)
+    assert at.query_params["gamma0"] == "1.5"  # the view is in the URL
+
+    at.sidebar.radio(key="method").set_value("antk").run()
+    assert not at.exception, at.exception
+    z = _heatmap_z(_figure(at, "heatmaps"), "aNTK Phi layer 1")
+    assert z.shape == (20, 20) and np.all(np.isfinite(z))
+
+
+def test_url_state_restores_a_view_and_ignores_bad_values():
+    at = _small_app(depth=2, gamma0="banana")
+    assert at.sidebar.slider(key="depth").value == 2
+    assert at.sidebar.slider(key="gamma0").value == 0.5  # default: 'banana' is ignored
+    fig = _figure(at, "heatmaps")
+    assert sum(t["type"] == "heatmap" for t in fig["data"]) == 6  # 2 layers x 3 columns
+
+
+def test_sweep_page_runs_and_draws_losses_against_baseline():
+    at = _small_app("pages/sweep.py")
+    at.select_slider(key="sweep_range").set_value((0.25, 1.0))
+    at.slider(key="sweep_points").set_value(3)
+    at.button(key="run_sweep").click().run()
+    assert not at.exception, at.exception
+    fig = _figure(at, "sweep_loss")
+    curve = next(t for t in fig["data"] if t["name"] == "aNBK")
+    gammas = _array(curve["x"])
+    np.testing.assert_allclose(gammas, [0.25, 0.5, 1.0])
+    ds = akviz.load_dataset("digits:3v8", 20, 20, 0)
+    expected = [akviz.anbk(ds, gamma0=g, beta=1.0, activation="linear").test_loss for g in gammas]
+    np.testing.assert_allclose(_array(curve["y"]), expected, rtol=1e-8)
+    baseline = next(t for t in fig["data"] if t["name"].startswith("NNGP"))
+    lazy = akviz.lazy_predictor(ds, method="nngp", depth=1, activation="linear", ridge=1.0)
+    np.testing.assert_allclose(_array(baseline["y"]), [lazy.test_loss] * 2, rtol=1e-10)
+
+
+def test_dmft_page_animates_the_trajectory():
+    at = _small_app("pages/dmft.py", method="antk", weight_decay=0.1)
+    fig = _figure(at, "dmft_animation")
+    assert len(fig["frames"]) >= 5
+    last = fig["frames"][-1]["data"][0]
+    assert _array(last["z"]).shape == (20, 20)
+    table = at.dataframe[0].value
+    assert {"DMFT output", "feature form", "NTK form"} <= set(table["predictor"])
+
+
+def test_densities_page_draws_normalised_histograms():
+    at = _small_app("pages/densities.py")
+    hist = _figure(at, "hist_")
+    tilted = next(t for t in hist["data"] if t["name"] == "tilted (aNBK)")
+    x, y = _array(tilted["x"]), _array(tilted["y"])
+    assert abs(np.sum(y) * (x[1] - x[0]) - 1.0) < 0.05  # a density over its bins
+    scatter = _figure(at, "scatter2d")
+    assert {t["name"] for t in scatter["data"]} == {"prior", "tilted (aNBK)"}
+
+
+def test_network_page_trains_and_compares():
+    at = _small_app("pages/network.py", method="antk", weight_decay=0.1)
+    at.select_slider(key="net_width").set_value(256)
+    at.select_slider(key="net_steps").set_value(1000)
+    at.button(key="run_net").click().run()
+    assert not at.exception, at.exception
+    scatter = _figure(at, "net_scatter")
+    points = next(t for t in scatter["data"] if t["name"] == "test points")
+    assert _array(points["x"]).shape == (20,)
+    table = at.dataframe[0].value
+    assert table["width N"].tolist() == [256] and table["correlation"].iloc[0] > 0.9
