@@ -4,6 +4,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+import akviz
+
 from akviz.plots import lines
 from dashboard import common
 
@@ -16,6 +18,32 @@ lo, hi = c2.select_slider("gamma0 range", options=[0.05, 0.1, 0.25, 0.5, 0.75, 1
                           value=(0.1, 1.0), key="sweep_range")
 n_points = c3.slider("Points", 3, 12, 5, key="sweep_points")
 grid = [float(g) for g in np.round(np.geomspace(lo, hi, n_points), 3)] if hi > lo else [float(lo)]
+d1, d2 = st.columns([1, 2])
+with_networks = d1.checkbox("Add finite-width networks", key="sweep_networks",
+                            help="Train (aNTK) or sample (aNBK) a real network at each gamma0 and mark its test loss.")
+net_width = d2.select_slider("Network width N", [256, 512, 1024, 2048], value=512, key="sweep_width",
+                             disabled=not with_networks)
+NET_STEPS = 2000
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def network_loss(method: str, data: tuple, depth: int, activation: str, gamma0: float, strength: float,
+                 width: int, steps: int) -> float:
+    ds = common.dataset(*data)
+    if method == "anbk":
+        net = akviz.sample_posterior(ds, width=width, depth=depth, activation=activation, gamma0=gamma0,
+                                     beta=strength, steps=steps, burn_in=steps // 4, seed=data[-1])
+    else:
+        net = akviz.train_network(ds, width=width, depth=depth, activation=activation, gamma0=gamma0,
+                                  weight_decay=strength, steps=steps, seed=data[-1])
+    return float(net.test_loss)
+
+
+def net_args(method, g):
+    strength = s.beta if method == "anbk" else s.weight_decay
+    return (method, (s.dataset, s.n_train, s.n_test, s.seed), s.depth, s.activation, float(g), float(strength),
+            int(net_width), NET_STEPS)
+
 
 try:
     ds = common.dataset(**s.data)
@@ -24,7 +52,7 @@ except ValueError as exc:
     st.stop()
 
 if st.button("Run sweep", type="primary", key="run_sweep"):
-    total = len(grid) * len(methods)
+    total = len(grid) * len(methods) * (2 if with_networks else 1)
     bar = st.progress(0.0, text="Starting...")
     with st.status("Sweeping gamma0 (each point warm-starts from the previous; press Stop to interrupt)",
                    expanded=True) as status:
@@ -37,11 +65,17 @@ if st.button("Run sweep", type="primary", key="run_sweep"):
                 bar.progress(done / total, text=f"{common.METHOD_LABELS[method]}: gamma0 = {g:g} ({done}/{total})")
                 st.write(f"{common.METHOD_LABELS[method]}, gamma0 = {g:g}: test MSE {result.test_loss:.4f}, "
                          + common.diagnostics(result, info))
+                if with_networks:
+                    loss = network_loss(*net_args(method, g))
+                    st.session_state[f"net:{net_args(method, g)}"] = True
+                    done += 1
+                    bar.progress(done / total, text=f"width-{net_width} network at gamma0 = {g:g} ({done}/{total})")
+                    st.write(f"width-{net_width} network, gamma0 = {g:g}: test MSE {loss:.4f}")
         status.update(label="Sweep finished", state="complete", expanded=False)
 
 # Draw whatever is cached for this grid, so an interrupted sweep still shows its points.
 cache = common.solution_cache()
-series, errors, rows, failed = {}, {}, [], {}
+series, errors, rows, markers = {}, {}, [], {}
 for method in methods:
     name = "aNBK" if method == "anbk" else "aNTK"
     pts = [(g, cache.get(common._problem(s, method), g)) for g in grid]
@@ -52,10 +86,16 @@ for method in methods:
     errors[name] = [r.test_error for _, r in pts]
     bad = [(g, r.test_loss) for g, r in pts if not r.converged]
     if bad:
-        failed[f"{name} not converged"] = ([g for g, _ in bad], [v for _, v in bad], ["not converged"] * len(bad))
+        markers[f"{name} not converged"] = ([g for g, _ in bad], [v for _, v in bad], ["not converged"] * len(bad))
     for g, r in pts:
         rows.append({"method": name, "gamma0": g, "test MSE": r.test_loss, "test error": r.test_error,
                      "converged": r.converged, "alignment (last layer)": r.alignment[-1]})
+    if with_networks:
+        # Only networks already computed (a cache lookup would otherwise start new runs here).
+        nets = [(g, network_loss(*net_args(method, g))) for g, _ in pts if st.session_state.get(f"net:{net_args(method, g)}")]
+        if nets:
+            markers[f"network N={net_width} ({name})"] = ([g for g, _ in nets], [v for _, v in nets],
+                                                        [f"width {net_width}"] * len(nets))
 
 if not rows:
     st.info("Press **Run sweep** to solve the adaptive kernels on this grid: "
@@ -75,7 +115,7 @@ if "antk" in methods:
 
 x_for = {name: [r["gamma0"] for r in rows if r["method"] == name] for name in series}
 fig = lines(xs, {}, title=f"Test MSE vs gamma0 ({ds.description}, P = {s.n_train})", xaxis="gamma0",
-            yaxis="test MSE", log_x=True, hlines={k: v.test_loss for k, v in baselines.items()}, markers=failed)
+            yaxis="test MSE", log_x=True, hlines={k: v.test_loss for k, v in baselines.items()}, markers=markers)
 for name, ys in series.items():
     fig.add_scatter(x=x_for[name], y=ys, mode="lines+markers", name=name)
 st.plotly_chart(fig, width="stretch", key="sweep_loss")

@@ -127,6 +127,19 @@ def test_sweep_page_runs_and_draws_losses_against_baseline():
     np.testing.assert_allclose(_array(baseline["y"]), [lazy.test_loss] * 2, rtol=1e-10)
 
 
+def test_sweep_adds_finite_width_network_markers():
+    at = _small_app("pages/sweep.py", method="antk", weight_decay=0.1)
+    at.select_slider(key="sweep_range").set_value((0.5, 1.0))
+    at.slider(key="sweep_points").set_value(3)
+    at.checkbox(key="sweep_networks").check().run()
+    at.select_slider(key="sweep_width").set_value(256)
+    at.button(key="run_sweep").click().run()
+    assert not at.exception, at.exception
+    fig = _figure(at, "sweep_loss")
+    net = next(t for t in fig["data"] if t["name"].startswith("network N=256"))
+    assert len(_array(net["y"])) == 3 and np.all(_array(net["y"]) < 1.0)
+
+
 def test_dmft_page_animates_the_trajectory():
     at = _small_app("pages/dmft.py", method="antk", weight_decay=0.1)
     fig = _figure(at, "dmft_animation")
