@@ -1,0 +1,87 @@
+"""Slider latency of the running dashboard in headless Chromium (prints JSON).
+
+Starts ``streamlit run app.py``, opens the kernel explorer at the default size
+(digits:3v8, P=100, 200 test, relu, depth 1), and for aNBK and aNTK moves the
+gamma0 slider one step (0.05) at a time, timing key press -> redrawn heatmap.
+Loading the page solves the starting gamma0 (cold); every timed move after
+that warm-starts from its neighbour 0.05 away.
+
+Needs the Debian chromium package and the playwright Python package.
+
+    python benchmarks/bench_dashboard.py [--moves 3] [--gamma0 0.5] [--query "&beta=1.0"]
+"""
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parents[1]
+HEATMAP = ("() => { const p = document.querySelector('.js-plotly-plot');"
+           " if (!p || !p.data || !p.data[0] || !p.data[0].z) return null; const z = p.data[0].z;"
+           " return z.bdata ? z.bdata : JSON.stringify(z); }")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--moves", type=int, default=3)
+    ap.add_argument("--gamma0", type=float, default=0.5)
+    ap.add_argument("--query", default="", help="extra URL settings, e.g. '&beta=1.0&samples=4000'")
+    args = ap.parse_args()
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        sys.exit("needs the Debian chromium package")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port",
+                               str(port), "--server.headless", "true"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    out = {"gamma0_start": args.gamma0, "query": args.query, "methods": {}}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            for method in ("anbk", "antk"):
+                page = browser.new_page(viewport={"width": 1400, "height": 1100})
+                t0 = time.perf_counter()
+                page.goto(f"{url}/?method={method}&gamma0={args.gamma0}{args.query}")
+                page.wait_for_function(f"({HEATMAP})() !== null", timeout=600_000)
+                first_load = time.perf_counter() - t0
+                page.wait_for_timeout(3000)
+                slider = page.get_by_role("slider", name="gamma0 (feature-learning strength)")
+                moves = []
+                for _ in range(args.moves):
+                    before = page.evaluate(HEATMAP)
+                    slider.focus()
+                    t0 = time.perf_counter()
+                    slider.press("ArrowRight")
+                    page.wait_for_function(f"(b) => ({HEATMAP})() !== null && ({HEATMAP})() !== b",
+                                           arg=before, timeout=600_000)
+                    moves.append(round(time.perf_counter() - t0, 3))
+                    page.wait_for_timeout(1500)
+                caption = page.get_by_text("Solver:").first.inner_text()
+                out["methods"][method] = {"first_load_seconds": round(first_load, 2), "warm_move_seconds": moves,
+                                          "last_solver_line": caption}
+                page.close()
+            browser.close()
+    finally:
+        server.terminate()
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
