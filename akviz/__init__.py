@@ -13,6 +13,8 @@ from .data import DEFAULT_DATASET, Dataset, list_datasets, load_cifar10, load_da
 from .kernels import LazyKernels, input_kernel, lazy_kernels, nngp, ntk, train_test_kernels
 from .lazy import LazyResult, lazy_predictor
 from .regression import alignment, classification_error, kernel_ridge, mse
+from .network import NetworkResult, PosteriorResult, empirical_kernels, sample_posterior, train_network
+from .compare import compare, compare_kernels, compare_predictions, relative_frobenius
 
 __version__ = "0.1.0"
 
@@ -24,4 +26,6 @@ __all__ = [
     "LazyResult", "lazy_predictor",
     "alignment", "classification_error", "kernel_ridge", "mse",
     "ANBKResult", "anbk", "preactivation_histogram", "preactivation_samples",
+    "NetworkResult", "PosteriorResult", "empirical_kernels", "sample_posterior", "train_network",
+    "compare", "compare_kernels", "compare_predictions", "relative_frobenius",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m akviz {datasets,solve}``.
+"""Command line: ``python -m akviz {datasets,solve,compare}``.
 
 Bad arguments exit with status 2 and one readable line on stderr, never a
 traceback; ``solve --json`` prints exactly one JSON object on stdout.
@@ -79,6 +79,29 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--weight-decay", type=_positive_float, default=None, help="weight decay lambda (antk)")
     sv.add_argument("--samples", type=_positive_int, default=None, help="Monte Carlo samples / neurons (anbk, antk)")
     sv.add_argument("--json", action="store_true", help="print one JSON object")
+
+    cp = sub.add_parser("compare", help="run a theory and a finite-width network on the same data and compare them")
+    cp.add_argument("--method", choices=("anbk", "antk"), required=True,
+                    help="anbk: Langevin posterior sampling; antk: gradient descent with weight decay")
+    cp.add_argument("--width", type=_positive_int, required=True, help="network width N")
+    cp.add_argument("--dataset", default="digits:3v8")
+    cp.add_argument("--data-dir", default=None, help="folder with MNIST/CIFAR-10 files")
+    cp.add_argument("--n-train", type=_positive_int, default=100)
+    cp.add_argument("--n-test", type=_positive_int, default=200)
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--depth", type=_positive_int, default=1, help="number of hidden layers L >= 1")
+    cp.add_argument("--activation", default="relu")
+    cp.add_argument("--gamma0", type=_positive_float, default=None, help="feature-learning strength")
+    cp.add_argument("--beta", type=_positive_float, default=None, help="inverse temperature (anbk)")
+    cp.add_argument("--weight-decay", type=_positive_float, default=None, help="weight decay lambda (antk)")
+    cp.add_argument("--samples", type=_positive_int, default=None, help="Monte Carlo samples / neurons of the theory")
+    cp.add_argument("--steps", type=_positive_int, default=None,
+                    help="network steps (GD steps; Langevin steps after burn-in). Default: antk trains to "
+                         "t = 100/lambda, anbk samples t = 40 (after a burn-in of t = 10)")
+    cp.add_argument("--burn-in", type=_positive_int, default=None, help="Langevin burn-in steps (default t = 10)")
+    cp.add_argument("--step-size", type=_positive_float, default=None,
+                    help="GD learning rate / Langevin step (default: chosen from the NTK's curvature)")
+    cp.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -157,6 +180,76 @@ def solve(args) -> dict:
     return _jsonable(out)
 
 
+def compare(args) -> dict:
+    """Run a theory (aNBK / aNTK) and the matching finite-width network; returns the JSON-ready comparison."""
+    from .activations import get_activation
+    from .compare import compare as compare_results
+    from .data import load_dataset
+    from .network import default_lr, default_step_size, sample_posterior, train_network
+
+    get_activation(args.activation)
+    if args.method == "anbk":
+        _require(args, "gamma0", "beta")
+    else:
+        _require(args, "gamma0", "weight_decay")
+    if args.method == "antk" and args.width % 2:
+        raise _UsageError(f"--width must be even for --method antk (antithetic neuron pairs), got {args.width}")
+    start = time.perf_counter()
+    ds = load_dataset(args.dataset, args.n_train, args.n_test, args.seed, data_dir=args.data_dir)
+    out = {"method": args.method, "dataset": args.dataset, "n_train": args.n_train, "n_test": args.n_test,
+           "seed": args.seed, "depth": args.depth, "activation": args.activation, "width": args.width,
+           "gamma0": args.gamma0}
+    kw = {} if args.samples is None else {"samples": args.samples}
+    if args.method == "anbk":
+        from . import anbk
+
+        theory = anbk(ds, gamma0=args.gamma0, beta=args.beta, depth=args.depth, activation=args.activation,
+                      seed=args.seed, **kw)
+        dt = args.step_size or default_step_size(ds.x_train, depth=args.depth, activation=args.activation,
+                                                 beta=args.beta)
+        steps = args.steps or max(200, int(round(40.0 / dt)))
+        burn_in = args.burn_in if args.burn_in is not None else int(round(10.0 / dt))
+        thin, chunks = 10, 20
+        steps = max(steps, thin * chunks)
+        network = sample_posterior(ds, width=args.width, depth=args.depth, activation=args.activation,
+                                   gamma0=args.gamma0, beta=args.beta, steps=steps, burn_in=burn_in,
+                                   step_size=dt, seed=args.seed, thin=thin, chunks=chunks)
+        out["beta"] = args.beta
+    else:
+        from . import antk
+
+        theory = antk(ds, gamma0=args.gamma0, weight_decay=args.weight_decay, depth=args.depth,
+                      activation=args.activation, seed=args.seed, **kw)
+        # default: adaptive step, trained to t = 100 / lambda (at most 20x the steps that takes at the
+        # initial step size: the NTK, hence 1/step, grows during training)
+        horizon = None if args.steps else 100.0 / args.weight_decay
+        steps = args.steps or int(round(20 * horizon / default_lr(
+            ds.x_train, depth=args.depth, activation=args.activation, weight_decay=args.weight_decay)))
+        network = train_network(ds, width=args.width, depth=args.depth, activation=args.activation,
+                                gamma0=args.gamma0, weight_decay=args.weight_decay, steps=steps,
+                                lr=args.step_size, seed=args.seed, max_time=horizon,
+                                record_every=None if args.steps else max(1, steps // 400))
+        out["weight_decay"] = args.weight_decay
+    cmp = compare_results(theory, network, ds)
+    kern, pred = cmp["kernels"], cmp["predictions"]
+    out.update(
+        theory_converged=bool(theory.converged), theory_message=theory.message,
+        network=network.to_json_dict(),
+        kernel_relative_frobenius=kern["relative_frobenius"],
+        kernel_relative_frobenius_train=kern["relative_frobenius_train"],
+        alignment_theory=kern["alignment_theory"], alignment_network=kern["alignment_network"],
+        frobenius_theory=kern["frobenius_theory"], frobenius_network=kern["frobenius_network"],
+        prediction_correlation=pred["correlation"], prediction_rms_difference=pred["rms_difference"],
+        prediction_relative_rms=pred["relative_rms"],
+        test_loss_theory=cmp["test_loss_theory"], test_loss_network=cmp["test_loss_network"],
+        test_loss_relative_gap=cmp["test_loss_relative_gap"],
+    )
+    if "test_loss_network_stderr" in cmp:
+        out["test_loss_network_stderr"] = cmp["test_loss_network_stderr"]
+    out["seconds"] = time.perf_counter() - start
+    return _jsonable(out)
+
+
 def _print_summary(summary: dict):
     for key, value in summary.items():
         if isinstance(value, float):
@@ -171,7 +264,7 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "datasets":
             return _cmd_datasets(args)
-        summary = solve(args)
+        summary = compare(args) if args.command == "compare" else solve(args)
     except _UsageError as exc:
         print(f"akviz: error: {exc}", file=sys.stderr)
         return 2
