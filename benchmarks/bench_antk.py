@@ -74,6 +74,7 @@ def main():
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--samples", type=int, default=4000)
     ap.add_argument("--euler-seconds", type=float, default=60.0)
+    ap.add_argument("--antk-seconds", type=float, default=120.0, help="wall-clock budget per aNTK solve")
     args = ap.parse_args()
     ds = akviz.load_dataset("digits:3v8", 100, 200, 0)
     gammas = [1.0] if args.quick else [0.5, 1.0, 2.0]
@@ -85,9 +86,9 @@ def main():
         prev = None
         for g in gammas:
             cold = antk(ds, gamma0=g, weight_decay=lam, samples=args.samples, tol=args.tol,
-                        max_seconds=120)
+                        max_seconds=args.antk_seconds)
             warm = antk(ds, gamma0=g, weight_decay=lam, samples=args.samples, tol=args.tol,
-                        max_seconds=120, init=prev) if prev is not None else None
+                        max_seconds=args.antk_seconds, init=prev) if prev is not None else None
             prev = cold
             e_s, e_n, e_gap, e_ok = euler(ds, g, lam, args.samples, 0, 1e-3, args.tol, budget)
             case = {
@@ -95,6 +96,7 @@ def main():
                 "antk_seconds_cold": cold.seconds, "antk_steps": cold.iterations,
                 "antk_converged": cold.converged, "antk_feature_gap": cold.feature_gap,
                 "antk_ntk_gap": cold.ntk_gap, "antk_residual": cold.residual,
+                "antk_message": cold.message,
                 "antk_test_loss": cold.test_loss, "lazy_ntk_test_loss": cold.lazy_ntk_test_loss,
                 "antk_seconds_warm": None if warm is None else warm.seconds,
                 "antk_warm_converged": None if warm is None else warm.converged,

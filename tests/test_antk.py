@@ -155,7 +155,8 @@ def test_warm_start_reuses_population(linear_run):
 @pytest.mark.parametrize("activation", [
     pytest.param("relu", marks=pytest.mark.xfail(
         strict=True, reason="issue 4 acceptance not met yet for relu: DMFT vs feature form stalls at "
-        "~1e-3 (neurons chattering on the kink)")),
+        "~1e-3 and the per-neuron fixed-point residual stays O(0.1-1) at lambda t ~ 20 (population "
+        "far from stationary: slow mass exchange between neuron clusters, sliding on the kink)")),
     "tanh"])
 def test_dmft_output_matches_feature_form(activation):
     r = antk(small(30, 20), gamma0=1.0, weight_decay=0.1, activation=activation, samples=400,
@@ -163,3 +164,118 @@ def test_dmft_output_matches_feature_form(activation):
     assert r.converged, r.message
     gap = np.linalg.norm(r.feature_test_predictions - r.test_predictions) / np.linalg.norm(r.test_predictions)
     assert gap < 1e-4
+
+
+# ------------------------------------------------- exact oracle: linear activation, any depth
+
+
+def _linear_fixed_points(c_full, y, p, gamma0, lam, depth):
+    """Non-zero fixed points of THEORY.md 4.3 for phi(h) = h, derived by hand (independent of the solver).
+
+    With phi linear every g^l is constant in x and every layer's features are rank one along
+    u(x) = C(x, X) Delta: h^l = a_l u, g^l = b_l, Phi^l = q_l u u^T, G^l = <b_l^2>. The per-neuron
+    equations give (kappa = gamma0/lambda, s = Delta^T C Delta, G^{L+1} = 1)
+        layer 1:   kappa^2 G^2 s = 1,          q_1 = kappa^2 G^1
+        layer l:   kappa^2 q_{l-1} G^{l+1} s^2 = 1,   q_l = kappa^2 q_{l-1}^2 s^2 G^l
+    and f = Phi^L Delta / lambda = c u with c = q_L s / lambda, Delta = (I + c C_XX)^-1 y, closing
+    s = y^T (I + cC)^-1 C (I + cC)^-1 y. Solved in logs for each s, then a scalar root in s.
+    Returns a list of dicts (c, q, f on train+test, Phi per layer).
+    """
+    from scipy.optimize import brentq
+
+    kap, L = gamma0 / lam, depth
+    w, U = np.linalg.eigh(c_full[:p, :p])
+    yt = U.T @ y
+
+    def s_of_c(c):
+        return float(np.sum(w * yt**2 / (1 + c * w) ** 2))
+
+    def logs(sig):
+        A, b = np.zeros((2 * L, 2 * L)), np.zeros(2 * L)
+        Q, Gm = (lambda l: l - 1), (lambda l: L + l - 1)
+        r = 0
+        if L >= 2:
+            A[r, Gm(2)] = 1
+        b[r] = -2 * np.log(kap) - sig
+        r += 1
+        for l in range(2, L + 1):
+            A[r, Q(l - 1)] = 1
+            if l + 1 <= L:
+                A[r, Gm(l + 1)] = 1
+            b[r] = -2 * np.log(kap) - 2 * sig
+            r += 1
+        A[r, Q(1)], A[r, Gm(1)], b[r] = 1, -1, 2 * np.log(kap)
+        r += 1
+        for l in range(2, L + 1):
+            A[r, Q(l)], A[r, Q(l - 1)], A[r, Gm(l)], b[r] = 1, -2, -1, 2 * np.log(kap) + 2 * sig
+            r += 1
+        return np.linalg.solve(A, b)
+
+    sols = []
+    if L == 1:
+        s = 1 / kap**2
+        if s_of_c(0) > s:
+            c = brentq(lambda c: s_of_c(c) - s, 0, 1e12)
+            sols.append((c, [c * lam / s]))
+    else:
+        def F(sig):
+            x = logs(sig)
+            return np.log(s_of_c(np.exp(x[L - 1] + sig) / lam)) - sig
+
+        grid = np.linspace(np.log(s_of_c(0)) - 40, np.log(s_of_c(0)), 4000)
+        v = [F(g) for g in grid]
+        for i in range(len(grid) - 1):
+            if np.sign(v[i]) != np.sign(v[i + 1]):
+                sig = brentq(F, grid[i], grid[i + 1])
+                x = logs(sig)
+                sols.append((np.exp(x[L - 1] + sig) / lam, list(np.exp(x[:L]))))
+    out = []
+    for c, q in sols:
+        u = c_full[:, :p] @ np.linalg.solve(np.eye(p) + c * c_full[:p, :p], y)
+        out.append(dict(c=c, q=q, f=c * u, Phi=[qq * np.outer(u, u) for qq in q]))
+    return out
+
+
+def test_linear_depth1_matches_closed_form_fixed_point(linear_run):
+    """Depth 1, phi linear: f = c C(., X)(I + c C)^-1 y with kappa^2 Delta^T C Delta = 1 (derived by hand)."""
+    r = linear_run
+    ds = small(30, 20)
+    (sol,) = _linear_fixed_points(r.C, ds.y_train, 30, 1.0, 0.1, 1)
+    f = np.concatenate([r.train_predictions, r.test_predictions])
+    assert np.linalg.norm(f - sol["f"]) < 1e-8 * np.linalg.norm(sol["f"])
+    np.testing.assert_allclose(r.kernels_full[0], sol["Phi"][0], atol=1e-8 * np.abs(sol["Phi"][0]).max())
+
+
+@pytest.mark.parametrize("gamma0", [1.5, 2.2])
+def test_depth2_linear_matches_closed_form_fixed_point(gamma0):
+    """Depth 2 (EXPERIMENTAL solver): output, per-layer kernels and all three predictor forms
+    against the hand-derived rank-one fixed point; the solver reaches the non-trivial stable root."""
+    ds = small(30, 20)
+    r = antk(ds, gamma0=gamma0, weight_decay=0.1, depth=2, activation="linear", samples=200,
+             tol=1e-9, residual_tol=1e-9, max_steps=3000)
+    assert r.converged, r.message
+    assert "EXPERIMENTAL" in r.message
+    sols = _linear_fixed_points(r.C, ds.y_train, 30, gamma0, 0.1, 2)
+    sol = max(sols, key=lambda s: s["c"])  # two non-zero roots; the large-c one is the stable one
+    f = np.concatenate([r.train_predictions, r.test_predictions])
+    assert np.linalg.norm(f - sol["f"]) < 1e-7 * np.linalg.norm(sol["f"])
+    assert r.kernels_full.shape == (2,) + r.C.shape
+    for l in range(2):
+        np.testing.assert_allclose(r.kernels_full[l], sol["Phi"][l], atol=1e-7 * np.abs(sol["Phi"][l]).max())
+    np.testing.assert_allclose(r.feature_test_predictions, r.test_predictions, atol=1e-8)
+    # NTK form with ridge (L+1) lambda (phi homogeneous).
+    np.testing.assert_allclose(r.ntk_test_predictions, r.test_predictions, atol=1e-7)
+    assert len(r.to_json_dict()["alignment"]) == 2
+
+
+def test_depth2_warm_start_continues_along_gamma0():
+    """init= (dashboard slider): depth-2 population rescaled from gamma0=1.5 converges at 2.2 to the closed form."""
+    ds = small(30, 20)
+    kw = dict(weight_decay=0.1, depth=2, activation="linear", samples=200, tol=1e-9, residual_tol=1e-9,
+              max_steps=3000)
+    r0 = antk(ds, gamma0=1.5, **kw)
+    r = antk(ds, gamma0=2.2, init=r0, **kw)
+    assert r.converged and "cold start" not in r.message, r.message
+    sol = max(_linear_fixed_points(r.C, ds.y_train, 30, 2.2, 0.1, 2), key=lambda s: s["c"])
+    f = np.concatenate([r.train_predictions, r.test_predictions])
+    assert np.linalg.norm(f - sol["f"]) < 1e-7 * np.linalg.norm(sol["f"])
