@@ -7,7 +7,7 @@ with datasets, metrics and finite-width checks. Computation is JAX in float64
 """
 
 from .anbk import ANBKResult, anbk, preactivation_histogram, preactivation_samples
-from .antk import ANTKResult, antk
+from .antk import ANTKResult, antk, neuron_preactivations
 from .activations import Activation, get_activation, list_activations, register_activation
 from .data import DEFAULT_DATASET, Dataset, list_datasets, load_cifar10, load_dataset, load_mnist, read_idx
 from .kernels import LazyKernels, input_kernel, lazy_kernels, nngp, ntk, train_test_kernels
@@ -19,7 +19,7 @@ from .compare import compare, compare_kernels, compare_predictions, relative_fro
 __version__ = "0.1.0"
 
 __all__ = [
-    "ANTKResult", "antk",
+    "ANTKResult", "antk", "neuron_preactivations",
     "Activation", "get_activation", "list_activations", "register_activation",
     "DEFAULT_DATASET", "Dataset", "list_datasets", "load_cifar10", "load_dataset", "load_mnist", "read_idx",
     "LazyKernels", "input_kernel", "lazy_kernels", "nngp", "ntk", "train_test_kernels",

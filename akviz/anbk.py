@@ -18,7 +18,15 @@ Solvers (``method``):
 * ``"exact"`` (default for ``activation="linear"``): all integrals are
   Gaussian, ``Phi^l = K + K M (I - K M)^-1 K`` with ``K = Phi^{l-1}``; the
   fixed point is found by Anderson-accelerated iteration to machine precision.
-* ``"mala"`` (default otherwise): persistent MALA chains per layer sample the
+* ``"hs"`` (default otherwise): Hubbard-Stratonovich decoupling of the rank-one
+  last-layer tilt, deterministic quadrature over the auxiliary field ``xi``,
+  exact importance sampling of ``p(h | xi)`` with mode-centred Gaussian
+  proposals and common random numbers, Anderson on the P-vector ``a``; the
+  *metastable prescription* (integrate ``xi`` over the basin of the main
+  maximum of its marginal, between the barriers) defines the saddle when the
+  relu tilt is formally non-normalisable, and the barrier height is reported.
+  See :mod:`akviz.anbk_hs`.
+* ``"mala"``: persistent MALA chains per layer sample the
   tilted density of the current state; the pooled chain samples are then used
   as an importance-sampling proposal with *common random numbers*, so the
   stationarity map ``Phi -> <phi phi^T>`` becomes a smooth deterministic map
@@ -56,6 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import anbk_hs as _hs
 from ._precision import float64
 from .activations import Activation, get_activation
 from .data import as_arrays
@@ -124,6 +133,8 @@ class ANBKResult:
     samples: int
     method: str
     seed: int
+    barrier: float = float("nan")
+    basin: Optional[tuple] = None
     _state: dict = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
@@ -156,6 +167,10 @@ class ANBKResult:
             "gamma0": float(self.gamma0), "beta": float(self.beta), "depth": int(self.depth),
             "activation": self.activation, "samples": int(self.samples), "seed": int(self.seed),
             "seconds": float(self.seconds), "message": self.message,
+            "mc_error_max": f(max(self.residual["mc_error"])) if self.residual["mc_error"] else None,
+            "barrier": f(self.barrier) if not (isinstance(self.barrier, float) and math.isinf(self.barrier))
+            else "inf",
+            "basin": [float(b) for b in self.basin] if self.basin else None,
         }
 
 
@@ -679,7 +694,7 @@ def _check_positive_int(name, v, minimum=1):
 
 @float64
 def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="relu",
-         samples: int = 4096, seed: int = 0, tol: float = 1e-2, max_iter: int = 30,
+         samples: Optional[int] = None, seed: int = 0, tol: float = 1e-2, max_iter: int = 30,
          init: Optional[ANBKResult] = None, callback: Optional[Callable] = None,
          method: str = "auto") -> ANBKResult:
     """Solve the aNBK saddle point and return its kernel predictor.
@@ -693,7 +708,8 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
       beta: inverse temperature ``> 0`` (ridge of the predictor is ``1/beta``).
       depth: hidden layers ``L >= 1``.
       activation: registered name or :class:`akviz.Activation`.
-      samples: Monte Carlo samples per layer (MALA: chains x 4 snapshots).
+      samples: Monte Carlo samples per layer (default 10240 for ``"hs"``: 40 xi nodes x 256;
+        4096 otherwise; MALA: chains x 4 snapshots).
       seed: Monte Carlo seed.
       tol: saddle residual ``||Phi - <phi phi^T>|| / ||Phi||`` (fresh samples) to reach.
         Exact solver: ``min(tol, 1e-12)`` is used.
@@ -702,7 +718,8 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
         kernels, duals and MALA chains are reused; neighbouring ``gamma0`` values
         solve in a few iterations).
       callback: ``callback(iteration, state_dict)``; returning ``False`` stops.
-      method: ``"auto"``, ``"exact"`` (linear only), ``"mala"`` or ``"is"``.
+      method: ``"auto"`` (``"exact"`` for linear, else ``"hs"``), ``"exact"`` (linear only),
+        ``"hs"``, ``"mala"`` or ``"is"``.
 
     Never raises on non-convergence: see ``converged`` and ``message``.
     """
@@ -713,6 +730,8 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
     if not math.isfinite(beta) or beta <= 0:
         raise ValueError(f"beta must be a finite number > 0, got {beta}.")
     depth = _check_positive_int("depth", depth)
+    if samples is None:
+        samples = 10240 if method in ("auto", "hs") else 4096
     samples = _check_positive_int("samples", samples)
     max_iter = _check_positive_int("max_iter", max_iter)
     tol = float(tol)
@@ -720,9 +739,9 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
         raise ValueError(f"tol must be > 0, got {tol}.")
     act = get_activation(activation)
     if method == "auto":
-        method = "exact" if act.name == "linear" else "mala"
-    if method not in ("exact", "mala", "is"):
-        raise ValueError(f"method must be 'auto', 'exact', 'mala' or 'is', got {method!r}.")
+        method = "exact" if act.name == "linear" else "hs"
+    if method not in ("exact", "hs", "mala", "is"):
+        raise ValueError(f"method must be 'auto', 'exact', 'hs', 'mala' or 'is', got {method!r}.")
     if method == "exact" and act.name != "linear":
         raise ValueError("method='exact' needs activation='linear' (Gaussian integrals); use 'mala'.")
     if method != "exact" and samples < 2 * _GROUPS:
@@ -749,6 +768,9 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
             full = [np.full((len(x_all),) * 2, np.nan) for _ in range(depth)]
         state = {"chains": None, "ms": np.array(ms)}
         final = None
+    elif method == "hs":
+        sol, phis, ms, final, state, full = _run_hs(act, c_full, c, x_train, y_train, p, gamma0, beta, depth,
+                                                    samples, seed, tol, max_iter, init, callback, start)
     else:
         if init_phis is None:
             lazy = lazy_kernels(x_train, depth=depth, activation=act)
@@ -776,8 +798,13 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
     phis = np.stack(phis)
     full = np.stack(full)
     full[:, :p, :p] = phis
-    train_pred, test_pred = kernel_ridge(phis[-1], full[-1, p:, :p], y_train, inv_beta)
-    metrics = score(train_pred, test_pred, y_train, y_test)
+    if np.isfinite(phis[-1]).all() and np.isfinite(full[-1, p:, :p]).all():
+        train_pred, test_pred = kernel_ridge(phis[-1], full[-1, p:, :p], y_train, inv_beta)
+        metrics = score(train_pred, test_pred, y_train, y_test)
+    else:  # no valid kernel (e.g. non-normalisable tilt): no predictions either
+        train_pred, test_pred = np.full(p, np.nan), np.full(len(x_all) - p, np.nan)
+        metrics = score(np.zeros(p), np.zeros(len(x_all) - p), y_train, y_test)._replace(
+            test_loss=float("nan"), train_loss=float("nan"), test_error=float("nan"))
     duals = -np.stack(ms)
     res = {"phi": [float(r) for r in sol["res_phi"]], "dual": [float(r) for r in sol["res_dual"]],
            "mc_error": [float(r) for r in sol["mc_error"]]}
@@ -787,14 +814,42 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
         kernels=phis, kernels_full=full, duals=duals,
         train_predictions=train_pred, test_predictions=test_pred,
         test_loss=metrics.test_loss, train_loss=metrics.train_loss, test_error=metrics.test_error,
-        alignment=[_alignment(q, y_train) for q in phis],
+        alignment=[_alignment(q, y_train) if np.isfinite(q).all() else float("nan") for q in phis],
         converged=bool(sol["converged"]), iterations=int(sol["iterations"]), residual=res,
         ess=[float(e) for e in sol["ess"]], action=float(action), history=sol["history"],
         message=sol["message"], seconds=time.perf_counter() - start,
         gamma0=gamma0, beta=beta, depth=depth, activation=act.name, samples=int(samples),
         method=method, seed=int(seed),
+        barrier=float(sol.get("barrier", float("nan"))), basin=sol.get("basin"),
         _state=dict(state, final=final, c_full=c_full, p=p),
     )
+
+
+def _run_hs(act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples, seed, tol, max_iter, init,
+            callback, start):
+    """Hubbard-Stratonovich solver (akviz.anbk_hs); warm start from ``init`` when compatible."""
+    x0 = modes0 = None
+    g_from = 0.0
+    st = init._state if init is not None else None
+    hs = st.get("hs") if st else None
+    if hs is not None and init.converged and hs.get("x") is not None and hs.get("beta") == beta \
+            and init.depth == depth \
+            and init.activation == act.name and len(hs["x"]) == (depth - 1) * p * p + p:
+        x0, modes0, g_from = hs["x"], hs.get("modes"), float(init.gamma0)
+    if x0 is None:
+        lazy = lazy_kernels(x_train, depth=depth, activation=act).nngp
+        a0 = np.linalg.solve(lazy[-1] + np.eye(p) / beta, y_train)
+        x0 = np.concatenate([np.asarray(q).ravel() for q in lazy[:-1]] + [a0])
+    sol = _hs.solve_hs(act, c, y_train, gamma0, beta, depth, samples, int(seed), tol, max_iter, x0, modes0,
+                       g_from, callback, start, functools.partial(_continuation, ratio=2.0))
+    phis, ms, final = np.array(sol["phis"]), sol["ms"], sol["final"]
+    n = c_full.shape[0]
+    if final is not None:
+        full = _hs.full_kernels(act, phis, c_full, p, final, int(seed))
+    else:
+        full = [np.full((n, n), np.nan) for _ in range(depth)]
+    state = {"chains": None, "ms": np.array(ms), "hs": dict(sol["state"], beta=beta)}
+    return sol, phis, ms, final, state, full
 
 
 def _action(phis, duals, y, g2, inv_beta, c, act, method, final):
@@ -859,6 +914,8 @@ def preactivation_samples(result: ANBKResult, layer: int, points, *, split: str 
     lp = _np_sqrt_pinv(kp)[0]
     prior = rng.standard_normal((n_prior, idx.size)) @ lp
     final = st.get("final")
+    if final is None and result.method != "exact":
+        raise ValueError(f"no tilted density to sample (the solve did not converge): {result.message}")
     if final is None:  # exact linear: the tilted density is the Gaussian N(0, Phi^l)
         post_k = result.kernels_full[layer - 1][np.ix_(cols, cols)]
         tilted = rng.standard_normal((n_prior, idx.size)) @ _np_sqrt_pinv(post_k)[0]

@@ -663,4 +663,24 @@ def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, se
     )
 
 
-__all__ = ["ANTKResult", "antk"]
+def neuron_preactivations(result: ANTKResult, points) -> dict:
+    """Preactivations of the sampled neurons at chosen points, at initialisation and at the end.
+
+    Depth 1 only (the state stores ``h(t) = d h0 + A C(X, .)``, ``d = exp(-lambda t)``).
+    ``points`` index the stacked train+test inputs. Returns ``{"init": (S, k), "final": (S, k),
+    "readout": (S,)}``: the DMFT neuron distribution for the densities view.
+    """
+    state = getattr(result, "state", None)
+    if result.depth != 1 or not state or "h0" not in state:
+        raise ValueError("neuron preactivations are available for depth-1 aNTK results only.")
+    idx = np.atleast_1d(np.asarray(points, dtype=int))
+    n = result.C.shape[0]
+    if idx.size == 0 or idx.min() < 0 or idx.max() >= n:
+        raise ValueError(f"points must index the {n} train+test inputs.")
+    p = state["A"].shape[1]
+    h0 = np.asarray(state["h0"])[:, idx]
+    final = state["d"] * h0 + np.asarray(state["A"]) @ np.asarray(result.C)[:p][:, idx]
+    return {"init": h0, "final": final, "readout": np.asarray(state["z"])}
+
+
+__all__ = ["ANTKResult", "antk", "neuron_preactivations"]

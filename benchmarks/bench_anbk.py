@@ -3,7 +3,10 @@
 Prints JSON: for relu on digits:3v8 (P=100, 200 test), depth 1 and 3, our cold
 and warm (from gamma0 - 0.1) solve times and residual-vs-time traces, and the
 paper-style GDA (inner ascent on hatPhi, outer descent on Phi, fixed steps,
-fixed prior samples) given ``budget_factor`` x our cold time. Not a test.
+fixed prior samples) given ``budget_factor`` x our warm time (capped by
+``--max-gda-seconds``). Both residuals are measured the same way: the
+relative change ``||Phi - <phi phi^T>|| / ||Phi||`` of the kernel under the
+stationarity map evaluated on that method's own fixed samples. Not a test.
 
     python benchmarks/bench_anbk.py [--gamma0 0.5] [--beta 1] [--depths 1 3] [--budget-factor 100]
 """
@@ -21,18 +24,26 @@ from akviz.kernels import input_kernel, lazy_kernels
 
 
 def ours(ds, gamma0, beta, depth, samples):
+    """Cold (first call: includes JIT compilation; second: compiled), and warm from gamma0 - 0.1."""
+    kw = dict(beta=beta, depth=depth, samples=samples)
     t0 = time.perf_counter()
-    neighbour = akviz.anbk(ds, gamma0=max(gamma0 - 0.1, 0.05), beta=beta, depth=depth, samples=samples)
+    first = akviz.anbk(ds, gamma0=gamma0, **kw, seed=2)
+    t_first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cold = akviz.anbk(ds, gamma0=gamma0, **kw, seed=1)
+    t_cold = time.perf_counter() - t0
+    g_prev = round(max(gamma0 - 0.1, 0.05), 10)
+    t0 = time.perf_counter()
+    neighbour = akviz.anbk(ds, gamma0=g_prev, **kw)
     t_cold_neigh = time.perf_counter() - t0
     t0 = time.perf_counter()
-    warm = akviz.anbk(ds, gamma0=gamma0, beta=beta, depth=depth, samples=samples, init=neighbour)
+    warm = akviz.anbk(ds, gamma0=gamma0, **kw, init=neighbour)
     t_warm = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    cold = akviz.anbk(ds, gamma0=gamma0, beta=beta, depth=depth, samples=samples, seed=1)
-    t_cold = time.perf_counter() - t0
     trace = [(h["seconds"], h["residual"]) for h in cold.history]
-    return {"cold_seconds": t_cold, "warm_seconds": t_warm, "neighbour_cold_seconds": t_cold_neigh,
-            "cold": cold.to_json_dict(), "warm": warm.to_json_dict(), "trace_cold": trace}, cold
+    return {"first_call_seconds_incl_jit": t_first, "cold_seconds": t_cold, "warm_seconds": t_warm,
+            "warm_from_gamma0": g_prev, "neighbour_cold_seconds": t_cold_neigh,
+            "cold": cold.to_json_dict(), "warm": warm.to_json_dict(), "first": first.to_json_dict(),
+            "trace_cold": trace}, cold
 
 
 def gda(ds, gamma0, beta, depth, samples, budget_s, lr_phi=1e-3, lr_hat=1e-3, inner=10, seed=0):
@@ -84,8 +95,28 @@ def gda(ds, gamma0, beta, depth, samples, budget_s, lr_phi=1e-3, lr_hat=1e-3, in
             grad = -(hats - jnp.stack(target)) / 2  # descent on Phi towards stationarity in hatPhi
             phis = phis + lr_phi * grad * -1.0
             phis = 0.5 * (phis + jnp.swapaxes(phis, 1, 2))
-            res = jnp.max(jnp.linalg.norm(phis - m, axis=(1, 2)) / jnp.linalg.norm(phis, axis=(1, 2)))
-            return phis, hats, res
+            return phis, hats, saddle_residual(phis)
+
+        @jax.jit
+        def saddle_residual(phis):
+            """Same measure as ours: duals *implied by Phi* (top: -gamma0^2 a a^T, then down the layers
+            from the next layer's <u u^T>), kernels <phi phi^T> under them on the fixed samples."""
+            a = jnp.linalg.solve(phis[-1] + jnp.eye(p) / beta, y)
+            hs = [None] * depth
+            hs[-1] = -gamma0**2 * jnp.outer(a, a)
+            priors = [c] + [phis[l] for l in range(depth - 1)]
+            outs = [None] * depth
+            for l in reversed(range(depth)):
+                r = sqrtm(priors[l])
+                f = act.fn(u[l] @ r)
+                w = jax.nn.softmax(-0.5 * jnp.sum((f @ hs[l]) * f, -1))
+                outs[l] = (f * w[:, None]).T @ f
+                if l > 0:
+                    uu = (u[l] * w[:, None]).T @ u[l]
+                    rinv = jnp.linalg.pinv(r)
+                    hs[l - 1] = -rinv @ (uu - jnp.eye(p)) @ rinv
+            m = jnp.stack(outs)
+            return jnp.max(jnp.linalg.norm(phis - m, axis=(1, 2)) / jnp.linalg.norm(phis, axis=(1, 2)))
 
         trace, t0 = [], time.perf_counter()
         while time.perf_counter() - t0 < budget_s:
@@ -102,7 +133,7 @@ def main():
     ap.add_argument("--gamma0", type=float, default=0.5)
     ap.add_argument("--beta", type=float, default=1.0)
     ap.add_argument("--depths", type=int, nargs="+", default=[1, 3])
-    ap.add_argument("--samples", type=int, default=4096)
+    ap.add_argument("--samples", type=int, default=None)
     ap.add_argument("--budget-factor", type=float, default=100.0)
     ap.add_argument("--max-gda-seconds", type=float, default=300.0)
     args = ap.parse_args()
@@ -110,8 +141,8 @@ def main():
     out = {"dataset": "digits:3v8", "P": 100, "Q": 200, "gamma0": args.gamma0, "beta": args.beta, "runs": []}
     for depth in args.depths:
         mine, cold = ours(ds, args.gamma0, args.beta, depth, args.samples)
-        budget = min(args.budget_factor * mine["cold_seconds"], args.max_gda_seconds)
-        trace = gda(ds, args.gamma0, args.beta, depth, args.samples, budget)
+        budget = min(args.budget_factor * mine["warm_seconds"], args.max_gda_seconds)
+        trace = gda(ds, args.gamma0, args.beta, depth, args.samples or 10240, budget)
         ours_res = cold.residual["max"]
         reach = next((t for t, r in trace if r <= ours_res), None)
         mine.update({
@@ -120,6 +151,7 @@ def main():
             "gda_min_residual": min(r for _, r in trace) if trace else None,
             "gda_trace": trace[:: max(1, len(trace) // 50)],
             "time_ratio_to_equal_residual": (reach / mine["cold_seconds"]) if reach else None,
+            "gda_reaches_1e-2": any(r <= 1e-2 for _, r in trace),
         })
         out["runs"].append(mine)
     print(json.dumps(out, indent=1, default=float))

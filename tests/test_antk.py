@@ -279,3 +279,16 @@ def test_depth2_warm_start_continues_along_gamma0():
     sol = max(_linear_fixed_points(r.C, ds.y_train, 30, 2.2, 0.1, 2), key=lambda s: s["c"])
     f = np.concatenate([r.train_predictions, r.test_predictions])
     assert np.linalg.norm(f - sol["f"]) < 1e-7 * np.linalg.norm(sol["f"])
+
+
+def test_neuron_preactivations_reproduce_the_feature_kernel():
+    """h(t) = exp(-lambda t) h0 + A C(X, .): for phi = identity, <h h^T> over neurons is Phi exactly."""
+    ds = akviz.load_dataset("digits:3v8", 20, 10, 0)
+    r = akviz.antk(ds, gamma0=1.0, weight_decay=0.1, samples=200, activation="linear")
+    h = akviz.neuron_preactivations(r, np.arange(30))
+    np.testing.assert_allclose(h["final"].T @ h["final"] / h["final"].shape[0], r.Phi, atol=1e-12)
+    c_diag = np.diag(akviz.input_kernel(np.vstack([ds.x_train, ds.x_test])))
+    ratio = np.mean(h["init"] ** 2, axis=0) / c_diag  # init: 200 samples of N(0, C)
+    assert abs(ratio.mean() - 1.0) < 0.1
+    with pytest.raises(ValueError, match="index"):
+        akviz.neuron_preactivations(r, [99])
