@@ -34,8 +34,8 @@ URL_STATE = {
     "depth": (1, int),
     "activation": ("relu", str),
     "method": ("anbk", str),
-    "gamma0": (0.5, float),
-    "beta": (10.0, float),
+    "gamma0": (0.25, float),
+    "beta": (1.0, float),
     "weight_decay": (0.1, float),
     "samples": ("auto", lambda s: s if s == "auto" else int(s)),
 }
@@ -200,6 +200,9 @@ def diagnostics(result, info=None) -> str:
     parts = [("converged" if result.converged else "NOT converged"), f"{result.iterations} iterations"]
     residual = result.residual["max"] if isinstance(result.residual, dict) else result.residual
     parts.append(f"residual {residual:.2e}")
+    mc = result.residual.get("mc_error") if isinstance(result.residual, dict) else None
+    if mc is not None and len(mc) and np.all(np.isfinite(mc)) and max(mc) > 0:
+        parts.append(f"Monte Carlo error {max(mc):.1%}")
     if hasattr(result, "ess"):
         parts.append(f"min ESS {min(result.ess):.0%}")
     if hasattr(result, "feature_gap"):
@@ -213,10 +216,22 @@ def diagnostics(result, info=None) -> str:
     return " · ".join(parts)
 
 
-def show_status(result, info=None):
-    """Diagnostics caption, and a warning that cannot be missed when the solver did not converge."""
+def usable_kernels(result) -> bool:
+    """False when a solver gave up without kernels (it returns NaN then, never a silent wrong answer)."""
+    return bool(np.all(np.isfinite(np.asarray(result.kernels_full))))
+
+
+def show_status(result, info=None, *, stop_without_kernels: bool = True):
+    """Diagnostics caption, and a warning that cannot be missed when the solver did not converge.
+
+    A result without usable kernels is not drawn at all: the page stops after saying why.
+    """
     st.caption("Solver: " + diagnostics(result, info))
-    if not result.converged:
+    if not usable_kernels(result):
+        st.error(f"No adaptive kernel to show: {result.message}")
+        if stop_without_kernels:
+            st.stop()
+    elif not result.converged:
         st.warning(f"This result did not converge, so read the figures below with care. {result.message}")
 
 

@@ -104,7 +104,9 @@ def test_kernel_explorer_follows_slider_and_method_toggle():
 def test_url_state_restores_a_view_and_ignores_bad_values():
     at = _small_app(depth=2, gamma0="banana")
     assert at.sidebar.slider(key="depth").value == 2
-    assert at.sidebar.slider(key="gamma0").value == 0.5  # default: 'banana' is ignored
+    from dashboard.common import URL_STATE
+
+    assert at.sidebar.slider(key="gamma0").value == URL_STATE["gamma0"][0]  # 'banana' is ignored
     fig = _figure(at, "heatmaps")
     assert sum(t["type"] == "heatmap" for t in fig["data"]) == 6  # 2 layers x 3 columns
 
@@ -158,6 +160,25 @@ def test_densities_page_draws_normalised_histograms():
     assert abs(np.sum(y) * (x[1] - x[0]) - 1.0) < 0.05  # a density over its bins
     scatter = _figure(at, "scatter2d")
     assert {t["name"] for t in scatter["data"]} == {"prior", "tilted (aNBK)"}
+
+
+def test_densities_page_shows_dmft_neurons_for_antk():
+    at = _small_app("pages/densities.py", method="antk", weight_decay=0.1)
+    hist = _figure(at, "hist_")
+    names = {t["name"] for t in hist["data"]}
+    assert names == {"DMFT neurons at init", "DMFT neurons at the end"}
+    scatter = _figure(at, "scatter2d")
+    init = next(t for t in scatter["data"] if t["name"] == "init")
+    assert len(_array(init["x"])) > 100
+
+
+def test_failed_solve_is_not_drawn():
+    """relu at gamma0 = 2, beta = 10 has no normalisable basin (see test_anbk): say so, draw nothing."""
+    at = _app(n_train=20, n_test=20, gamma0=2.0, beta=10.0).run()
+    assert not at.exception, at.exception
+    assert at.error and "No adaptive kernel" in at.error[0].value
+    assert "does not normalise" in at.error[0].value
+    assert not [c for c in at.get("plotly_chart") if "heatmaps" in c.proto.id]
 
 
 def test_network_page_trains_and_compares():
