@@ -170,15 +170,30 @@ def _problem(s: Settings, method: str) -> tuple:
     return (method, s.dataset, s.n_train, s.n_test, s.seed, s.depth, s.activation, strength, s.samples)
 
 
-def solver_for(s: Settings, method: str):
-    """``solver(gamma0, init)`` for the current settings."""
+#: Wall-clock budget of one aNTK solve in the dashboard: the relu DMFT approaches its fixed
+#: point slowly, and a lecture cannot wait; a solve that runs out says so (converged=False).
+ANTK_SECONDS = 20.0
+
+
+def solver_for(s: Settings, method: str, progress=None):
+    """``solver(gamma0, init)`` for the current settings; ``progress(text)`` receives solver progress."""
     ds = dataset(**s.data)
     extra = {} if s.samples == "auto" else {"samples": int(s.samples)}
     if method == "anbk":
+        def report(iteration, state):
+            if progress is not None:
+                progress(f"aNBK iteration {iteration}")
+
         return lambda g, init: akviz.anbk(ds, gamma0=g, beta=s.beta, depth=s.depth, activation=s.activation,
-                                          seed=s.seed, init=init, **extra)
+                                          seed=s.seed, init=init, callback=report, **extra)
+
+    def report_dmft(rec):
+        if progress is not None:
+            progress(f"DMFT time t = {rec['time']:.3g} (step {rec['step']}), train loss {rec['train_loss']:.3g}")
+
     return lambda g, init: akviz.antk(ds, gamma0=g, weight_decay=s.weight_decay, depth=s.depth,
-                                      activation=s.activation, seed=s.seed, init=init, **extra)
+                                      activation=s.activation, seed=s.seed, init=init, max_seconds=ANTK_SECONDS,
+                                      callback=report_dmft, **extra)
 
 
 def adaptive(s: Settings, method: str | None = None, gamma0: float | None = None, *, warm: bool = True):
@@ -191,8 +206,11 @@ def adaptive(s: Settings, method: str | None = None, gamma0: float | None = None
     method = method or s.method
     gamma0 = s.gamma0 if gamma0 is None else gamma0
     problem = _problem(s, method) + (() if warm else ("cold",))
-    return solution_cache().solve(problem, float(gamma0), solver_for(s, method),
-                                  usable=(lambda r: bool(r.converged)) if warm else (lambda r: False))
+    line = st.empty()  # live solver progress; cleared when done
+    result = solution_cache().solve(problem, float(gamma0), solver_for(s, method, progress=line.caption),
+                                    usable=(lambda r: bool(r.converged)) if warm else (lambda r: False))
+    line.empty()
+    return result
 
 
 def diagnostics(result, info=None) -> str:
