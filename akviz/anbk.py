@@ -177,14 +177,8 @@ class ANBKResult:
 # ---------------------------------------------------------------- linear algebra helpers
 
 
-def _sqrt_and_pinv(k):
-    """Symmetric ``K^{1/2}`` and its pseudo-inverse (eigenvalues below a relative cutoff dropped)."""
-    k = 0.5 * (k + k.T)
-    lam, vec = jnp.linalg.eigh(k)
-    keep = lam > _EIG_CUTOFF * jnp.maximum(lam[-1], 1e-300)
-    s = jnp.sqrt(jnp.where(keep, lam, 0.0))
-    sinv = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
-    return (vec * s) @ vec.T, (vec * sinv) @ vec.T
+# Symmetric K^{1/2} and its pseudo-inverse: one implementation, in the HS module.
+_sqrt_and_pinv = _hs._sym_sqrt_pinv
 
 
 def _np_sqrt_pinv(k):

@@ -82,6 +82,7 @@ def thin_factor(k):
 
 
 def _sym_sqrt_pinv(k):
+    """Symmetric ``K^{1/2}`` and its pseudo-inverse (eigenvalues below a relative cutoff dropped)."""
     k = 0.5 * (k + k.T)
     lam, vec = jnp.linalg.eigh(k)
     keep = lam > _EIG_CUTOFF * jnp.maximum(lam[-1], 1e-300)

@@ -383,6 +383,27 @@ def _sample_population(C_full, samples, seed):
     return jnp.concatenate([h0, h0]), jnp.concatenate([z0, -z0])
 
 
+def _status_message(*, finite, converged, stopped, t, max_time, iterations, max_steps, gap, residual, notes,
+                    overflow):
+    """The result's one-sentence account of how the run ended (shared with the deep solver)."""
+    where = f"after {iterations} steps (t = {t:.4g}); feature-form gap {gap:.2e}, fixed-point residual {residual:.2e}"
+    if not finite:
+        message = overflow
+    elif converged:
+        message = f"converged {where}"
+    elif stopped:
+        message = f"not converged: {stopped} {where}"
+    elif t >= max_time:
+        message = f"not converged by max_time={max_time:g} {where}"
+    elif iterations >= max_steps:
+        message = f"not converged in max_steps={max_steps} {where}"
+    else:
+        message = f"not converged {where}"
+    if notes:
+        message += "; " + "; ".join(notes)
+    return message
+
+
 def _kernel_predict(k_full, y, ridge, p):
     """Ridge predictions on train and test; NaN (never an exception) for a non-finite kernel."""
     if not np.all(np.isfinite(k_full)):
@@ -597,23 +618,12 @@ def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, se
         residual = float("nan")
     converged = finite and gap <= tol and (residual_tol == np.inf or residual <= 10 * residual_tol)
     iterations = int(st.steps)
-    where = f"after {iterations} steps (t = {float(st.t):.4g}); feature-form gap {gap:.2e}, fixed-point residual {residual:.2e}"
-    if not finite:
-        message = ("overflow or NaN in the dynamics (gamma0 or 1/weight_decay too large for the data, "
-                   "or the step size underflowed); kernels are NaN")
-        converged = False
-    elif converged:
-        message = f"converged {where}"
-    elif stopped:
-        message = f"not converged: {stopped} {where}"
-    elif float(st.t) >= max_time:
-        message = f"not converged by max_time={max_time:g} {where}"
-    elif iterations >= max_steps:
-        message = f"not converged in max_steps={max_steps} {where}"
-    else:
-        message = f"not converged {where}"
-    if notes:
-        message += "; " + "; ".join(notes)
+    converged = converged and finite
+    message = _status_message(
+        finite=finite, converged=converged, stopped=stopped, t=float(st.t), max_time=max_time,
+        iterations=iterations, max_steps=max_steps, gap=gap, residual=residual, notes=notes,
+        overflow=("overflow or NaN in the dynamics (gamma0 or 1/weight_decay too large for the data, "
+                  "or the step size underflowed); kernels are NaN"))
 
     q = C_full.shape[0]
     lazy = lazy_kernels(x_all, depth=1, activation=act.name)

@@ -72,6 +72,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .antk import _status_message
 from .kernels import input_kernel, lazy_kernels
 from .regression import alignment as _alignment
 from .regression import classification_error, mse
@@ -434,22 +435,11 @@ def antk_deep(x_train, y_train, x_test, y_test, *, gamma0, lam, depth, act, samp
         record(st)
     converged = bool(finite and gap <= tol and residual <= htol)
     iterations = int(st.steps)
-    where = (f"after {iterations} steps (t = {float(st.t):.4g}); feature-form gap {gap:.2e}, "
-             f"fixed-point residual {residual:.2e}")
-    if not finite:
-        message = "overflow or NaN in the dynamics; kernels are NaN"
-        converged = False
-    elif converged:
-        message = f"converged {where}"
-    elif stopped:
-        message = f"not converged: {stopped} {where}"
-    elif float(st.t) >= max_time:
-        message = f"not converged by max_time={max_time:g} {where}"
-    elif iterations >= max_steps:
-        message = f"not converged in max_steps={max_steps} {where}"
-    else:
-        message = f"not converged {where}"
-    message += "; " + "; ".join(notes)
+    converged = converged and finite
+    message = _status_message(finite=finite, converged=converged, stopped=stopped, t=float(st.t),
+                              max_time=max_time, iterations=iterations, max_steps=max_steps, gap=gap,
+                              residual=residual, notes=notes,
+                              overflow="overflow or NaN in the dynamics; kernels are NaN")
 
     nan_nn = np.full((n, n), np.nan)
     lazy_ntk_tr, lazy_ntk_te = _kernel_predict(np.asarray(lazy.ntk[-1]), y_train, (L + 1) * lam, p)

@@ -32,7 +32,8 @@ HEATMAP = ("() => { const p = document.querySelector('.js-plotly-plot');"
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--moves", type=int, default=3)
-    ap.add_argument("--gamma0", type=float, default=0.5)
+    ap.add_argument("--gamma0", type=float, default=0.15,
+                    help="start; the default beta=1 aNBK converges up to gamma0 ~0.3 for relu")
     ap.add_argument("--query", default="", help="extra URL settings, e.g. '&beta=1.0&samples=4000'")
     args = ap.parse_args()
     chromium = shutil.which("chromium")
@@ -59,7 +60,12 @@ def main():
                 page = browser.new_page(viewport={"width": 1400, "height": 1100})
                 t0 = time.perf_counter()
                 page.goto(f"{url}/?method={method}&gamma0={args.gamma0}{args.query}")
-                page.wait_for_function(f"({HEATMAP})() !== null", timeout=600_000)
+                page.wait_for_function(f"({HEATMAP})() !== null || document.body.innerText.includes('No adaptive kernel')",
+                                       timeout=600_000)
+                if page.evaluate(HEATMAP) is None:
+                    out["methods"][method] = {"error": page.get_by_text("No adaptive kernel").first.inner_text()}
+                    page.close()
+                    continue
                 first_load = time.perf_counter() - t0
                 page.wait_for_timeout(3000)
                 slider = page.get_by_role("slider", name="gamma0 (feature-learning strength)")
@@ -69,8 +75,9 @@ def main():
                     slider.focus()
                     t0 = time.perf_counter()
                     slider.press("ArrowRight")
-                    page.wait_for_function(f"(b) => ({HEATMAP})() !== null && ({HEATMAP})() !== b",
-                                           arg=before, timeout=600_000)
+                    page.wait_for_function(
+                        f"(b) => (({HEATMAP})() !== null && ({HEATMAP})() !== b)"
+                        " || document.body.innerText.includes('No adaptive kernel')", arg=before, timeout=600_000)
                     moves.append(round(time.perf_counter() - t0, 3))
                     page.wait_for_timeout(1500)
                 caption = page.get_by_text("Solver:").first.inner_text()

@@ -207,8 +207,14 @@ def adaptive(s: Settings, method: str | None = None, gamma0: float | None = None
     gamma0 = s.gamma0 if gamma0 is None else gamma0
     problem = _problem(s, method) + (() if warm else ("cold",))
     line = st.empty()  # live solver progress; cleared when done
+    if not warm:
+        usable = lambda r: False  # noqa: E731
+    elif method == "anbk":
+        usable = lambda r: bool(r.converged)  # noqa: E731  (the aNBK only reuses converged saddles)
+    else:
+        usable = usable_kernels  # a finite DMFT population is a better start than a fresh one
     result = solution_cache().solve(problem, float(gamma0), solver_for(s, method, progress=line.caption),
-                                    usable=(lambda r: bool(r.converged)) if warm else (lambda r: False))
+                                    usable=usable)
     line.empty()
     return result
 
