@@ -55,6 +55,17 @@ def _positive_float(text):
     return value
 
 
+def _add_problem_arguments(parser):
+    """Data and network flags shared by ``solve`` and ``compare``."""
+    parser.add_argument("--dataset", default="digits:3v8")
+    parser.add_argument("--data-dir", default=None, help="folder with MNIST/CIFAR-10 files")
+    parser.add_argument("--n-train", type=_positive_int, default=100)
+    parser.add_argument("--n-test", type=_positive_int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--depth", type=_positive_int, default=1, help="number of hidden layers L >= 1")
+    parser.add_argument("--activation", default="relu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m akviz", description="Adaptive kernels of feature-learning infinite-width networks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -65,13 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("solve", help="fit a kernel predictor and report its scores")
     sv.add_argument("--method", choices=METHODS, default="nngp")
-    sv.add_argument("--dataset", default="digits:3v8")
-    sv.add_argument("--data-dir", default=None, help="folder with MNIST/CIFAR-10 files")
-    sv.add_argument("--n-train", type=_positive_int, default=100)
-    sv.add_argument("--n-test", type=_positive_int, default=200)
-    sv.add_argument("--seed", type=int, default=0)
-    sv.add_argument("--depth", type=_positive_int, default=1, help="number of hidden layers L >= 1")
-    sv.add_argument("--activation", default="relu")
+    _add_problem_arguments(sv)
     sv.add_argument("--ridge", type=_nonnegative_float, default=None,
                     help="ridge for nngp/ntk (default 1e-2)")
     sv.add_argument("--gamma0", type=_nonnegative_float, default=None, help="feature-learning strength (anbk, antk)")
@@ -84,13 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--method", choices=("anbk", "antk"), required=True,
                     help="anbk: Langevin posterior sampling; antk: gradient descent with weight decay")
     cp.add_argument("--width", type=_positive_int, required=True, help="network width N")
-    cp.add_argument("--dataset", default="digits:3v8")
-    cp.add_argument("--data-dir", default=None, help="folder with MNIST/CIFAR-10 files")
-    cp.add_argument("--n-train", type=_positive_int, default=100)
-    cp.add_argument("--n-test", type=_positive_int, default=200)
-    cp.add_argument("--seed", type=int, default=0)
-    cp.add_argument("--depth", type=_positive_int, default=1, help="number of hidden layers L >= 1")
-    cp.add_argument("--activation", default="relu")
+    _add_problem_arguments(cp)
     cp.add_argument("--gamma0", type=_positive_float, default=None, help="feature-learning strength")
     cp.add_argument("--beta", type=_positive_float, default=None, help="inverse temperature (anbk)")
     cp.add_argument("--weight-decay", type=_positive_float, default=None, help="weight decay lambda (antk)")
