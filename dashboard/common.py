@@ -165,7 +165,8 @@ def solution_cache() -> SolutionCache:
     return SolutionCache(max_entries=48)
 
 
-def _problem(s: Settings, method: str) -> tuple:
+def problem_key(s: Settings, method: str) -> tuple:
+    """Everything but gamma0 that identifies a solve: the key of the shared SolutionCache."""
     strength = s.beta if method == "anbk" else s.weight_decay
     return (method, s.dataset, s.n_train, s.n_test, s.seed, s.depth, s.activation, strength, s.samples)
 
@@ -205,7 +206,7 @@ def adaptive(s: Settings, method: str | None = None, gamma0: float | None = None
     """
     method = method or s.method
     gamma0 = s.gamma0 if gamma0 is None else gamma0
-    problem = _problem(s, method) + (() if warm else ("cold",))
+    problem = problem_key(s, method) + (() if warm else ("cold",))
     line = st.empty()  # live solver progress; cleared when done
     if not warm:
         usable = lambda r: False  # noqa: E731

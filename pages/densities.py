@@ -51,7 +51,7 @@ def bayes_view(_result, key, layer, a, b):
 
 rng = np.random.default_rng(0)
 if method == "anbk":
-    samples, hist = bayes_view(result, (common._problem(s, "anbk"), s.gamma0), layer, point_a, point_b)
+    samples, hist = bayes_view(result, (common.problem_key(s, "anbk"), s.gamma0), layer, point_a, point_b)
     curves = {pt: {"tilted (aNBK)": (hist[pt]["centers"], hist[pt]["tilted"]),
                    "prior samples": (hist[pt]["centers"], hist[pt]["prior"]),
                    "prior Gaussian": (hist[pt]["centers"], hist[pt]["prior_gaussian"])} for pt in (point_a, point_b)}

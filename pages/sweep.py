@@ -78,7 +78,7 @@ cache = common.solution_cache()
 series, errors, rows, markers = {}, {}, [], {}
 for method in methods:
     name = "aNBK" if method == "anbk" else "aNTK"
-    pts = [(g, cache.get(common._problem(s, method), g)) for g in grid]
+    pts = [(g, cache.get(common.problem_key(s, method), g)) for g in grid]
     pts = [(g, r) for g, r in pts if r is not None]
     if not pts:
         continue
