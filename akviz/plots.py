@@ -165,7 +165,8 @@ def dmft_animation(times, snapshots, train_loss, test_loss, alignment, labels, *
             go.Scatter(x=t_plot[sl], y=np.asarray(alignment)[sl], mode="lines", name="alignment"),
         ]
 
-    first = traces(keep[0])
+    # Open on the fixed point (the end); Play runs the dynamics from t = 0.
+    first = traces(keep[-1])
     for trace, col in zip(first, (1, 2, 2, 3)):
         fig.add_trace(trace, row=1, col=col)
     for name, value in (baselines or {}).items():
@@ -188,11 +189,12 @@ def dmft_animation(times, snapshots, train_loss, test_loss, alignment, labels, *
         height=460, margin=dict(l=20, r=20, t=60, b=110),
         updatemenus=[dict(type="buttons", direction="left", x=0.0, y=-0.12, xanchor="left", buttons=[
             dict(label="Play", method="animate",
-                 args=[None, dict(frame=dict(duration=250, redraw=True), fromcurrent=True, transition=dict(duration=0))]),
+                 args=[None, dict(frame=dict(duration=250, redraw=True), fromcurrent=False, mode="immediate",
+                                  transition=dict(duration=0))]),
             dict(label="Pause", method="animate",
                  args=[[None], dict(frame=dict(duration=0, redraw=False), mode="immediate")]),
         ])],
-        sliders=[dict(x=0.12, y=-0.08, len=0.88, currentvalue=dict(prefix="t = "), steps=[
+        sliders=[dict(x=0.12, y=-0.08, len=0.88, active=len(fig.frames) - 1, currentvalue=dict(prefix="t = "), steps=[
             dict(label=f.name, method="animate",
                  args=[[f.name], dict(mode="immediate", frame=dict(duration=0, redraw=True))]) for f in fig.frames
         ])],
