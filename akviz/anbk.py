@@ -66,6 +66,7 @@ import numpy as np
 
 from . import anbk_hs as _hs
 from ._precision import float64
+from .export import json_number
 from .activations import Activation, get_activation
 from .data import as_arrays
 from .kernels import input_kernel, lazy_kernels
@@ -148,9 +149,7 @@ class ANBKResult:
 
     def to_json_dict(self) -> dict:
         """JSON-serialisable summary (scalars and per-layer lists)."""
-        def f(x):
-            x = float(x)
-            return x if math.isfinite(x) else None
+        f = json_number
 
         return {
             "method": "anbk", "solver": self.method,

@@ -70,6 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._precision import float64
+from .export import json_number
 from .activations import get_activation
 from .data import as_arrays
 from .kernels import input_kernel, lazy_kernels
@@ -176,9 +177,7 @@ class ANTKResult:
     def to_json_dict(self) -> dict:
         """Scalars and per-layer lists only, JSON-serialisable (NaN becomes None)."""
 
-        def num(v):
-            v = float(v)
-            return v if math.isfinite(v) else None
+        num = json_number
 
         return {
             "method": "antk",

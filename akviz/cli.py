@@ -12,7 +12,8 @@ import math
 import sys
 import time
 
-import numpy as np
+
+from .export import to_plain
 
 METHODS = ("nngp", "ntk", "anbk", "antk")
 
@@ -104,23 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _jsonable(value):
-    """NumPy scalars/arrays to plain Python; NaN/inf to null so the output is strict JSON."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
 def _cmd_datasets(args):
     from .activations import list_activations
     from .data import list_datasets
@@ -176,7 +160,7 @@ def solve(args) -> dict:
                  activation=args.activation, seed=args.seed, **kw)
         out.update(r.to_json_dict())
     out["seconds"] = time.perf_counter() - start
-    return _jsonable(out)
+    return to_plain(out)
 
 
 def compare(args) -> dict:
@@ -246,7 +230,7 @@ def compare(args) -> dict:
     if "test_loss_network_stderr" in cmp:
         out["test_loss_network_stderr"] = cmp["test_loss_network_stderr"]
     out["seconds"] = time.perf_counter() - start
-    return _jsonable(out)
+    return to_plain(out)
 
 
 def _print_summary(summary: dict):

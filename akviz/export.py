@@ -10,13 +10,14 @@ import math
 import numpy as np
 
 
-def _plain(value):
+def to_plain(value):
+    """NumPy scalars/arrays to plain Python, NaN/inf to None: strict JSON for any result field."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
+        return to_plain(value.tolist())
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -26,6 +27,11 @@ def _plain(value):
     if value is None or isinstance(value, str):
         return value
     return str(value)
+
+
+def json_number(value):
+    """``float(value)``, or None when it is NaN or infinite (JSON has no NaN)."""
+    return to_plain(float(value))
 
 
 def _public_fields(result) -> dict:
@@ -43,7 +49,7 @@ def to_json_bytes(result, *, include_arrays: bool = False) -> bytes:
         if isinstance(value, np.ndarray) and value.size > 1000 and not include_arrays:
             out[name] = {"shape": list(value.shape), "in": "npz"}
         else:
-            out[name] = _plain(value)
+            out[name] = to_plain(value)
     return json.dumps(out, indent=1).encode()
 
 

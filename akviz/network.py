@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._precision import float64
+from .export import json_number
 from .activations import get_activation
 from .data import as_arrays
 from .kernels import input_kernel, lazy_kernels
@@ -247,9 +248,7 @@ class NetworkResult:
     params: Any = dataclasses.field(default=None, repr=False)
 
     def to_json_dict(self) -> dict:
-        def num(v):
-            v = float(v)
-            return v if math.isfinite(v) else None
+        num = json_number
 
         return {
             "method": "gd", "width": self.width, "depth": self.depth, "activation": self.activation,
@@ -536,9 +535,7 @@ class PosteriorResult:
     params: Any = dataclasses.field(default=None, repr=False)
 
     def to_json_dict(self) -> dict:
-        def num(v):
-            v = float(v)
-            return v if math.isfinite(v) else None
+        num = json_number
 
         return {
             "method": "langevin", "width": self.width, "depth": self.depth, "activation": self.activation,
