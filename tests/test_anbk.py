@@ -162,7 +162,7 @@ def test_hs_linear_matches_exact_within_error_bars():
 
 def test_hs_relu_tiny_gamma_is_nngp():
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
-    res = anbk(ds, gamma0=1e-4, beta=1.0, samples=HS_SAMPLES)
+    res = anbk(ds, gamma0=1e-4, beta=1.0, method="hs", samples=HS_SAMPLES)
     lazy = akviz.lazy_predictor(ds, ridge=1.0)
     assert res.converged, res.message
     assert res.method == "hs" and res.ess[0] > 0.99 and res.residual["max"] < 1e-4
@@ -175,8 +175,8 @@ def test_hs_agrees_with_mala_and_two_seeds_within_error():
     """Independent methods and seeds agree within the Monte Carlo error they report (relu, small gamma0)."""
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
     kw = dict(gamma0=0.3, beta=1.0)
-    h0 = anbk(ds, **kw, samples=HS_SAMPLES, seed=0)
-    h1 = anbk(ds, **kw, samples=HS_SAMPLES, seed=1)
+    h0 = anbk(ds, **kw, method="hs", samples=HS_SAMPLES, seed=0)
+    h1 = anbk(ds, **kw, method="hs", samples=HS_SAMPLES, seed=1)
     mala = anbk(ds, **kw, method="mala", samples=4096, seed=2)
     assert h0.converged and h1.converged and mala.converged, (h0.message, h1.message, mala.message)
     assert h0.residual["max"] < 1e-2 and h0.mc_error[0] > 0
@@ -186,7 +186,7 @@ def test_hs_agrees_with_mala_and_two_seeds_within_error():
 
 def test_hs_forced_failure_reports_cause():
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
-    res = anbk(ds, gamma0=5.0, beta=10.0, samples=HS_SAMPLES)
+    res = anbk(ds, gamma0=5.0, beta=10.0, method="hs", samples=HS_SAMPLES)
     assert not res.converged
     assert "normalise" in res.message and "gamma0" in res.message
     d = res.to_json_dict()
@@ -198,12 +198,63 @@ def test_hs_forced_failure_reports_cause():
 
 def test_hs_warm_start_and_depth_two():
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
-    first = anbk(ds, gamma0=0.1, beta=1.0, depth=2, samples=HS_SAMPLES)
-    warm = anbk(ds, gamma0=0.2, beta=1.0, depth=2, samples=HS_SAMPLES, init=first)
+    first = anbk(ds, gamma0=0.1, beta=1.0, depth=2, method="hs", samples=HS_SAMPLES)
+    warm = anbk(ds, gamma0=0.2, beta=1.0, depth=2, method="hs", samples=HS_SAMPLES, init=first)
     assert first.converged and warm.converged, (first.message, warm.message)
     assert warm.kernels.shape == (2, 30, 30) and warm.kernels_full.shape == (2, 50, 50)
     assert warm.residual["max"] < 1e-2 and min(warm.ess) > 0.05 and np.isfinite(warm.test_loss)
     d = warm.to_json_dict()
     assert d["barrier"] is not None and len(d["ess_per_layer"]) == 2
+    s = preactivation_samples(warm, 2, [0, 1])
+    assert abs(s["weights"].sum() - 1) < 1e-9 and s["tilted"].shape[1] == 2
+
+
+# ---------------------------------------------------------------- MCMC (default for non-linear activations)
+
+
+def test_mala_relu_tiny_gamma_is_nngp():
+    """gamma0 -> 0: the chains sample the prior; kernels and predictor are the NNGP's within the reported error."""
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    res = anbk(ds, gamma0=1e-4, beta=1.0, samples=1024)
+    lazy = akviz.lazy_predictor(ds, ridge=1.0)
+    assert res.method == "mala" and res.converged, res.message
+    assert 0 < res.mc_error[0] < 0.02
+    assert _rel_err(res.kernels[0], lazy.kernels[0]) < 4 * res.mc_error[0]
+    assert abs(res.test_loss - lazy.test_loss) < 0.05 * lazy.test_loss
+
+
+def test_mala_two_seeds_and_hs_agree_within_error():
+    """relu, gamma0 = 0.3: two chain seeds and the independent HS solver agree within the reported errors."""
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    kw = dict(gamma0=0.3, beta=1.0)
+    m0 = anbk(ds, **kw, samples=2048, seed=0)
+    m1 = anbk(ds, **kw, samples=2048, seed=1)
+    hs = anbk(ds, **kw, method="hs", samples=HS_SAMPLES)
+    assert m0.converged and m1.converged and hs.converged, (m0.message, m1.message, hs.message)
+    assert m0.residual["max"] < 1e-2
+    err = math.hypot(m0.mc_error[0], m1.mc_error[0])
+    assert _rel_err(m0.kernels[0], m1.kernels[0]) < 4 * err
+    assert _rel_err(m0.kernels[0], hs.kernels[0]) < 4 * math.hypot(m0.mc_error[0], hs.mc_error[0])
+    # the learned kernel is not the lazy one (the test would pass trivially at gamma0 -> 0)
+    lazy = akviz.lazy_predictor(ds, ridge=1.0)
+    assert _rel_err(m0.kernels[0], lazy.kernels[0]) > 8 * err
+
+
+def test_mala_runaway_reports_cause_and_no_kernel():
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    res = anbk(ds, gamma0=5.0, beta=10.0, samples=512, max_iter=2)
+    assert not res.converged
+    assert "normalise" in res.message and "gamma0" in res.message
+    assert np.isnan(res.kernels).all() and res.to_json_dict()["test_loss"] is None
+
+
+def test_mala_warm_start_and_depth_two():
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    first = anbk(ds, gamma0=0.2, beta=1.0, depth=2, samples=1024, max_iter=2)
+    warm = anbk(ds, gamma0=0.3, beta=1.0, depth=2, samples=1024, init=first, max_iter=2)
+    for r in (first, warm):
+        assert np.isfinite(r.kernels).all() and r.kernels_full.shape == (2, 50, 50), r.message
+        assert max(r.mc_error) < 0.05 and np.isfinite(r.test_loss)
+    assert warm.history[0]["rounds"] < first.history[0]["rounds"]  # the warm start skips most of the relaxation
     s = preactivation_samples(warm, 2, [0, 1])
     assert abs(s["weights"].sum() - 1) < 1e-9 and s["tilted"].shape[1] == 2

@@ -1,0 +1,378 @@
+"""aNBK saddle point by persistent MALA chains and stochastic approximation (THEORY.md 3.1, 3.4).
+
+The saddle equations ``Phi^l = <phi phi^T>_l`` are solved as the fixed point
+of a noisy map, the way THEORY.md 3.4 found to work for the relu tilt at
+``gamma0 = O(1)``:
+
+* one population of ``S`` persistent chains per layer, in whitened
+  coordinates ``h = u R_l`` (``R_l`` the symmetric square root of
+  ``Phi^{l-1}``, ``Phi^0 = C``), target
+  ``log p(u) = -|u|^2/2 + phi(h)^T M_l phi(h) / 2`` with ``M_l = -hatPhi^l``:
+  ``M_L = gamma0^2 a a^T``, ``a = (Phi^L + I/beta)^-1 y``, and
+  ``M_l = R_{l+1}^+ (<u u^T>_{l+1} - I) R_{l+1}^+`` below it;
+* a *round* is ``n_inner`` MALA steps of every chain (step size adapted to
+  acceptance 0.6), then a Robbins-Monro update
+  ``Phi^l <- Phi^l + eta (<phi phi^T>_chains - Phi^l)`` (and the same for the
+  running ``<u u^T>`` of the inner duals);
+* phases: *relax* (constant ``eta``), *average* (``eta`` decreasing as
+  ``1/t``, the state set to the Polyak average of the chain estimates), then
+  *evaluate*: the state frozen, fresh rounds estimate ``<phi phi^T>`` at it.
+  The saddle residual ``||Phi - <phi phi^T>|| / ||Phi||`` and its Monte
+  Carlo standard error (batch means over independent chain groups) come from
+  this phase only, never from the samples that produced the state.
+
+Why this and not a deterministic fixed-point map: for relu the tilt
+``exp(+gamma0^2 (a . phi)^2 / 2)`` is normalisable only while
+``gamma0^2 sup_u (a . relu(R u))^2 / |u|^2 < 1``. The saddle sits close to
+that edge at ``gamma0 = O(1)``: a few chains travel far out along the task
+direction, which grows ``Phi`` there and shrinks ``a`` until the tilt
+normalises. Chains and kernels moving together follow that feedback; a
+map that evaluates the tilt at a fixed ``a`` (as importance sampling does)
+sees a non-normalisable density on the way and fails. Checked against
+Langevin-sampled networks (digits 3-vs-8, P = 100, relu, depth 1): kernels
+within 1% relative Frobenius at ``gamma0`` = 0.5-2 (see the README).
+
+A chain state that is non-finite or beyond ``|u|^2 > ESCAPE`` means the
+tilted density does not normalise for this ``gamma0`` and ``beta``: the
+result is not converged and says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+#: Independent chain groups for batch-means standard errors.
+GROUPS = 16
+#: |u|^2 beyond which a chain has run away (the prior's tail is at |u|^2 ~ P).
+ESCAPE = 1e8
+_EIG_CUTOFF = 1e-11
+#: Activations with phi(c h) = c phi(h) for c > 0 (exact radial Gibbs move).
+HOMOGENEOUS = ("relu", "linear")
+#: Precision of the chains (kernel sums and the state are float64).
+CHAIN_DTYPE = jnp.float32
+
+
+def sym_sqrt_pinv(k):
+    """Symmetric ``K^{1/2}`` and its pseudo-inverse (eigenvalues below a relative cutoff dropped)."""
+    k = 0.5 * (k + k.T)
+    lam, vec = jnp.linalg.eigh(k)
+    keep = lam > _EIG_CUTOFF * jnp.maximum(lam[-1], 1e-300)
+    s = jnp.sqrt(jnp.where(keep, lam, 0.0))
+    sinv = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
+    return (vec * s) @ vec.T, (vec * sinv) @ vec.T
+
+
+@functools.lru_cache(maxsize=None)
+def mcmc_functions(phi, dphi, depth: int, n_inner: int, homogeneous: bool):
+    """The jitted round program for one activation, depth and MALA steps per round.
+
+    ``homogeneous``: ``phi(c h) = c phi(h)`` for ``c > 0`` (relu, linear): adds the exact radial move.
+    """
+
+    def tilt(u, r, m, xi):
+        """log target and its gradient.
+
+        Inner layers (``xi is None``): ``-|u|^2/2 + phi^T M phi / 2`` with ``m = M``.
+        Last layer, given the Hubbard-Stratonovich field ``xi`` (``m = gamma0 a``):
+        ``-|u|^2/2 + xi (m . phi)``, whose average over ``xi ~ N(0, 1)`` is the rank-one tilt
+        ``exp(gamma0^2 (a . phi)^2 / 2)``.
+        """
+        h = u @ r
+        f = phi(h)
+        if xi is not None:
+            lt = xi * (f @ m)
+            back = xi[:, None] * m[None, :]
+        else:
+            back = f @ m
+            lt = 0.5 * jnp.sum(f * back, axis=-1)
+        grad = -u + (dphi(h) * back) @ r  # r symmetric
+        return -0.5 * jnp.sum(u * u, axis=-1) + lt, grad
+
+    def radial(u, lp, gr, k):
+        """Exact Gibbs move of the radius ``|u|`` given the direction (positively homogeneous ``phi``).
+
+        ``log p(r u_hat) = -(1 - T) r^2 / 2`` with ``T = phi^T M phi / |u|^2`` fixed along the ray, so
+        ``r^2 (1 - T) ~ chi^2_P``. Where ``T >= 1`` the ray does not normalise: the chain is left where
+        it is (and will run away: reported).
+        """
+        u2 = jnp.sum(u * u, axis=-1)
+        t = 1.0 + 2.0 * (lp / u2)  # lp = -(1 - T) |u|^2 / 2
+        chi2 = 2.0 * jax.random.gamma(k, u.shape[-1] / 2.0, lp.shape, u.dtype)
+        ok = t < 1.0
+        scale = jnp.where(ok, jnp.sqrt(chi2 / jnp.where(ok, (1.0 - t) * u2, 1.0)), 1.0)
+        return u * scale[:, None], lp * scale**2, gr * scale[:, None]
+
+    def mala(u, eps, r, m, last, key, adapt):
+        """``n_inner`` MALA steps of all chains of one layer; step size adapted to acceptance 0.6.
+
+        Last layer: each step first draws ``xi | u ~ N(gamma0 a . phi(h), 1)`` exactly, then moves
+        ``u | xi`` (a linear tilt: well conditioned). The far excursions along the task direction
+        that the rank-one tilt causes near the edge of normalisability become an AR(1) walk of
+        ``xi`` instead of rare jumps of a few chains (measured: 5-30x more effective samples).
+        """
+        def step(carry, k):
+            u, eps = carry
+            k1, k2, k3 = jax.random.split(k, 3)
+            if last:
+                xi = phi(u @ r) @ m + jax.random.normal(k3, u.shape[:1], u.dtype)
+                lp, gr = tilt(u, r, m, xi)
+            else:
+                xi = None
+                lp, gr = tilt(u, r, m, None)
+                if homogeneous:
+                    u, lp, gr = radial(u, lp, gr, k3)
+            prop = u + eps * gr + jnp.sqrt(2.0 * eps) * jax.random.normal(k1, u.shape, u.dtype)
+            lp2, gr2 = tilt(prop, r, m, xi)
+            fwd = jnp.sum((prop - u - eps * gr) ** 2, axis=-1)
+            bwd = jnp.sum((u - prop - eps * gr2) ** 2, axis=-1)
+            log_alpha = lp2 - lp + (fwd - bwd) / (4.0 * eps)
+            ok = (jnp.log(jax.random.uniform(k2, lp.shape, u.dtype)) < log_alpha) & jnp.isfinite(lp2)
+            u = jnp.where(ok[:, None], prop, u)
+            rate = jnp.mean(ok)
+            eps = jnp.where(adapt, jnp.clip(eps * jnp.exp(0.3 * (rate - 0.6)), 1e-5, 4.0), eps).astype(u.dtype)
+            return (u, eps), rate
+
+        (u, eps), rates = jax.lax.scan(step, (u, eps), jax.random.split(key, n_inner))
+        return u, eps, jnp.mean(rates)
+
+    def duals(phis, suu, r1, y, g, inv_beta):
+        """Square roots per layer and the tilts ``M_l`` (last: the vector ``g a``) at a state."""
+        p = y.shape[0]
+        roots = [(r1, None)] + [sym_sqrt_pinv(phis[l]) for l in range(depth - 1)]
+        a = jnp.linalg.solve(phis[-1] + inv_beta * jnp.eye(p), y)
+        ms = []
+        for l in range(depth - 1):
+            rinv = roots[l + 1][1]
+            m = rinv @ (suu[l + 1] - jnp.eye(p)) @ rinv
+            ms.append(0.5 * (m + m.T))
+        ms.append(g * a)
+        return [q[0] for q in roots], ms
+
+    def rounds(state, consts, keys, etas, gs, adapt, average, snap_every, keep):
+        """``len(keys)`` rounds; returns the new state and per-round diagnostics.
+
+        state: dict(u (L,S,P), eps (L,), phis (L,P,P), suu (L,P,P));
+        consts: dict(r1, y, inv_beta); ``etas``, ``gs``: Robbins-Monro step and gamma0 per round.
+        ``average``: accumulate Polyak sums (and chain-group sums) of the chain estimates.
+        """
+        r1, y, inv_beta = consts["r1"], consts["y"], consts["inv_beta"]
+        s, p = state["u"].shape[1], y.shape[0]
+        groups = GROUPS
+
+        def one(carry, inp):
+            st, acc = carry
+            key, eta, g = inp
+            rs, ms = duals(st["phis"], st["suu"], r1, y, g, inv_beta)
+            # chains in float32: their Monte Carlo error (~1e-2) dwarfs rounding; sums are float64
+            rs, ms = [q.astype(CHAIN_DTYPE) for q in rs], [q.astype(CHAIN_DTYPE) for q in ms]
+            us, epss, rates, ests, uus, grp, sq = [], [], [], [], [], [], []
+            for l, k in enumerate(jax.random.split(key, depth)):
+                u, e, rate = mala(st["u"][l], st["eps"][l], rs[l], ms[l], l == depth - 1, k, adapt)
+                f = phi(u @ rs[l])
+                fg = f.reshape(groups, s // groups, p)
+                gk = jnp.einsum("gsi,gsj->gij", fg, fg).astype(jnp.float64) / (s // groups)
+                us.append(u), epss.append(e), rates.append(rate), grp.append(gk)
+                ests.append(jnp.mean(gk, axis=0))
+                uus.append((u.T @ u).astype(jnp.float64) / s)
+                sq.append(jnp.einsum("si,sj->ij", f * f, f * f).astype(jnp.float64) / s)
+            est, uu = jnp.stack(ests), jnp.stack(uus)
+            new = {"u": jnp.stack(us), "eps": jnp.stack(epss),
+                   "phis": st["phis"] + eta * (est - st["phis"]),
+                   "suu": st["suu"] + eta * (uu - st["suu"])}
+            w = jnp.where(average, 1.0, 0.0)
+            acc = {"n": acc["n"] + w, "phi": acc["phi"] + w * est, "uu": acc["uu"] + w * uu,
+                   "grp": acc["grp"] + w * jnp.stack(grp), "sq": acc["sq"] + w * jnp.stack(sq)}
+            u2 = jnp.max(jnp.sum(new["u"] ** 2, axis=-1), axis=-1)
+            diag = {"rate": jnp.stack(rates), "u2max": u2,
+                    "change": jnp.linalg.norm((est - st["phis"]).reshape(depth, -1), axis=-1)
+                    / jnp.linalg.norm(st["phis"].reshape(depth, -1), axis=-1)}
+            return (new, acc), diag
+
+        def block(carry, inp):  # snap_every rounds, then one snapshot of the chains
+            carry, diag = jax.lax.scan(one, carry, inp)
+            return carry, (diag, carry[0]["u"] if keep else None)
+
+        zeros = jnp.zeros((depth, p, p))
+        acc0 = {"n": 0.0, "phi": zeros, "uu": zeros, "grp": jnp.zeros((depth, groups, p, p)), "sq": zeros}
+        n_blocks = keys.shape[0] // snap_every
+        inp = (keys.reshape(n_blocks, snap_every, -1), etas.reshape(n_blocks, snap_every),
+               gs.reshape(n_blocks, snap_every))
+        (state, acc), (diag, snaps) = jax.lax.scan(block, (state, acc0), inp)
+        diag = {k: v.reshape((-1,) + v.shape[2:]) for k, v in diag.items()}
+        return state, acc, diag, snaps
+
+    return jax.jit(rounds, static_argnums=(7, 8))
+
+
+def _rel(a, b):
+    nb = np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / nb) if nb > 0 else float(np.linalg.norm(a - b))
+
+
+def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, callback, start, g_from=0.0,
+          n_inner=4, relax=None, average=None, evaluate=96, snap_every=6, eta0=0.2):
+    """Solve the saddle at ``gamma0 = g``; returns a dict for :func:`akviz.anbk` (see the module docstring).
+
+    ``init_state``: the ``state`` of a previous solve on the same problem and depth (warm start: its
+    chains and kernels), or a dict with ``phis`` only (kernels to start from, chains from the prior).
+    ``max_iter``: evaluate phases; after one that misses ``tol``, the state moves to the fresh
+    estimate and a longer averaging phase follows.
+    """
+    y = np.asarray(y, float)
+    p = y.shape[0]
+    chains = max(GROUPS, chains // GROUPS * GROUPS)
+    fn = mcmc_functions(act.fn, act.deriv, depth, n_inner, act.name in HOMOGENEOUS)
+    r1 = np.asarray(sym_sqrt_pinv(jnp.asarray(c))[0])
+    consts = {"r1": jnp.asarray(r1), "y": jnp.asarray(y), "inv_beta": 1.0 / beta}
+    key = jax.random.PRNGKey(int(seed))
+    warm = init_state is not None and init_state.get("u") is not None \
+        and np.shape(init_state["u"]) == (depth, chains, p)
+    if warm:
+        u, eps = jnp.asarray(init_state["u"], CHAIN_DTYPE), jnp.asarray(init_state["eps"], CHAIN_DTYPE)
+        suu = jnp.asarray(init_state["suu"])
+    else:
+        key, sub = jax.random.split(key)
+        u = jax.random.normal(sub, (depth, chains, p), CHAIN_DTYPE)
+        eps = jnp.full((depth,), 0.3, CHAIN_DTYPE)
+        suu = jnp.broadcast_to(jnp.eye(p), (depth, p, p))
+    state = {"u": u, "eps": eps, "phis": jnp.asarray(init_state["phis"]), "suu": suu}
+    relax = relax if relax is not None else (24 if warm else 96)
+    average = average if average is not None else (48 if warm else 96)
+    history, converged, message = [], False, ""
+    out = None
+
+    def run(n, eta_fn, adapt, acc, keep=False, chunk=24, g_fn=lambda t: g):
+        """n rounds (in chunks of ``chunk`` while adapting, so that a run-away stops early)."""
+        nonlocal key, state
+        if adapt and n > chunk:
+            sums = None
+            for k in range(0, n, chunk):
+                accum, diag, snaps = run(min(chunk, n - k), lambda t, k=k: eta_fn(t + k), adapt, acc, keep,
+                                         chunk, lambda t, k=k: g_fn(t + k))
+                sums = accum if sums is None else jax.tree_util.tree_map(lambda x, z: x + z, sums, accum)
+                if escaped(diag):
+                    break
+            return sums, diag, snaps
+        n = -(-n // snap_every) * snap_every
+        key, sub = jax.random.split(key)
+        etas = jnp.asarray(np.array([eta_fn(t) for t in range(n)], float))
+        gs = jnp.asarray(np.array([g_fn(t) for t in range(n)], float))
+        state, accum, diag, snaps = fn(state, consts, jax.random.split(sub, n), etas, gs, adapt, acc, snap_every,
+                                       keep)
+        return accum, {k: np.asarray(v) for k, v in diag.items()}, snaps
+
+    def escaped(diag):
+        u2 = diag["u2max"]
+        return (not np.all(np.isfinite(u2))) or u2.max() > ESCAPE or not np.all(np.isfinite(np.asarray(state["phis"])))
+
+    for it in range(1, max_iter + 1):
+        # relax (first pass only), then average: the state becomes the Polyak average
+        if it == 1 and relax > 0:
+            # gamma0 ramps up from the start's value: the kernels keep up with the chains
+            ramp = max(1.0, 0.7 * relax)
+            _, diag, _ = run(relax, lambda t: eta0, True, False, g_fn=lambda t: g_from + (g - g_from) * min(1.0, (t + 1) / ramp))
+            if escaped(diag):
+                message = _escape_message(g, diag)
+                break
+        grow = min(2 ** (it - 1), 4)  # later passes average and evaluate longer: noise ~ 1/sqrt(rounds)
+        n_avg = average * grow
+        accum, diag, _ = run(n_avg, lambda t: eta0 / (1.0 + t / 10.0), True, True)
+        if escaped(diag):
+            message = _escape_message(g, diag)
+            break
+        state["phis"] = accum["phi"] / accum["n"]
+        state["suu"] = accum["uu"] / accum["n"]
+        # evaluate at the frozen state on fresh rounds
+        accum, diag, snaps = run(evaluate * grow, lambda t: 0.0, False, True, keep=True)
+        if escaped(diag):
+            message = _escape_message(g, diag)
+            break
+        out = _evaluate(state, accum, snaps, y, g, beta, depth)
+        rec = {"iteration": it, "residual": max(out["res_phi"]), "residual_phi": out["res_phi"],
+               "residual_dual": out["res_dual"], "mc_error": out["mc_error"], "ess": out["ess"],
+               "acceptance": [float(x) for x in diag["rate"].mean(0)],
+               "alignment": [float(y @ q @ y / (np.linalg.norm(q) * (y @ y))) for q in out["phis"]],
+               "rounds": int(relax * (it == 1) + (n_avg + evaluate) * grow), "seconds": time.perf_counter() - start}
+        history.append(rec)
+        if callback is not None and callback(it, rec) is False:
+            message = "stopped by the callback."
+            break
+        if max(out["res_phi"]) < tol:
+            converged = True
+            break
+        if len(history) > 1 and max(out["res_phi"]) > 0.8 * history[-2]["residual"]:
+            message = (f"the saddle residual stalled at {max(out['res_phi']):.2e} (tol {tol:g}; Monte Carlo error "
+                       f"{max(out['mc_error']):.1e}, effective sample fraction {min(out['ess']):.1%}): the chains "
+                       "mix too slowly here for this sample budget; raise samples, or use a smaller gamma0 or a "
+                       "larger beta.")
+            break
+        # move to the fresh estimate and average longer (noise falls as 1/sqrt(rounds))
+        state["phis"] = jnp.asarray(out["estimate"])
+    if out is None or "does not normalise" in message:  # never return the kernels of a run-away state
+        return _failed(depth, p, message, history)
+    noise = max(out["mc_error"])
+    if converged:
+        message = (f"converged in {len(history)} evaluation(s): saddle residual {max(out['res_phi']):.1e} on fresh "
+                   f"samples (Monte Carlo error {noise:.1e}), {chains} chains per layer.")
+    elif not message:
+        message = (f"saddle residual {max(out['res_phi']):.2e} above tol {tol:g} after {len(history)} evaluation(s) "
+                   f"(Monte Carlo error {noise:.1e}): raise max_iter or samples, or warm-start from a "
+                   "neighbouring gamma0.")
+    st = {"u": np.asarray(state["u"]), "eps": np.asarray(state["eps"]), "suu": np.asarray(state["suu"]),
+          "phis": np.asarray(out["phis"]), "beta": float(beta)}
+    return {"converged": converged, "message": message, "iterations": len(history), "history": history,
+            "phis": out["phis"], "ms": out["ms"], "res_phi": out["res_phi"], "res_dual": out["res_dual"],
+            "mc_error": out["mc_error"], "ess": out["ess"], "state": st,
+            "final": {"pool": out["pool"], "w": [np.full(len(q), 1.0 / len(q)) for q in out["pool"]],
+                      "ms": out["ms"]}}
+
+
+def _evaluate(state, accum, snaps, y, g, beta, depth):
+    """Residuals, standard errors and effective sample sizes of one evaluate phase."""
+    p = y.shape[0]
+    n = float(accum["n"])
+    phis = np.asarray(state["phis"])
+    est = np.asarray(accum["phi"]) / n
+    grp = np.asarray(accum["grp"]) / n  # (L, G, P, P): independent chain groups
+    se = grp.std(axis=1, ddof=1) / math.sqrt(GROUPS)
+    s_total = np.asarray(state["u"]).shape[1] * n
+    naive = np.clip(np.asarray(accum["sq"]) / n - est**2, 0.0, None) / s_total  # independent-sample variance
+    mc_error = [float(np.linalg.norm(se[l]) / np.linalg.norm(phis[l])) for l in range(depth)]
+    ess = [float(min(1.0, naive[l].sum() / max((se[l] ** 2).sum(), 1e-300))) for l in range(depth)]
+    suu = np.asarray(accum["uu"]) / n
+
+    def tilts(kern, uu):
+        a = np.linalg.solve(kern[-1] + np.eye(p) / beta, y)
+        ms = []
+        for l in range(depth - 1):
+            rinv = np.asarray(sym_sqrt_pinv(jnp.asarray(kern[l]))[1])
+            ms.append(rinv @ (uu[l + 1] - np.eye(p)) @ rinv)
+        return ms + [g * g * np.outer(a, a)]
+
+    ms_state, ms_fresh = tilts(phis, np.asarray(state["suu"])), tilts(est, suu)
+    res_phi = [_rel(est[l], phis[l]) for l in range(depth)]
+    res_dual = [_rel(ms_fresh[l], ms_state[l]) for l in range(depth)]
+    snaps = np.asarray(snaps)  # (K, L, S, P): one snapshot every snap_every rounds
+    pool = [snaps[:, l].reshape(-1, p) for l in range(depth)]
+    return {"phis": phis, "ms": ms_state, "estimate": est, "res_phi": res_phi, "res_dual": res_dual,
+            "mc_error": mc_error, "ess": ess, "pool": pool}
+
+
+def _escape_message(g, diag):
+    return (f"the tilted density does not normalise at gamma0 = {g:.3g}: Monte Carlo chains ran away "
+            f"(|u|^2 up to {np.nanmax(np.where(np.isfinite(diag['u2max']), diag['u2max'], np.inf)):.3g}); "
+            "use a smaller gamma0 or a larger beta.")
+
+
+def _failed(depth, p, message, history):
+    nan = np.full((p, p), np.nan)
+    return {"converged": False, "message": message or "no evaluation was completed.", "iterations": len(history),
+            "history": history, "phis": [nan] * depth, "ms": [nan] * depth, "res_phi": [float("inf")] * depth,
+            "res_dual": [float("nan")] * depth, "mc_error": [float("nan")] * depth, "ess": [0.0] * depth,
+            "state": None, "final": None}
