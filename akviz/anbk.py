@@ -585,7 +585,7 @@ def _check_positive_int(name, v, minimum=1):
 
 @float64
 def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="relu",
-         samples: Optional[int] = None, seed: int = 0, tol: float = 1e-2, max_iter: int = 30,
+         samples: Optional[int] = None, seed: int = 0, tol: float = 1e-2, max_iter: Optional[int] = None,
          init: Optional[ANBKResult] = None, callback: Optional[Callable] = None,
          method: str = "auto") -> ANBKResult:
     """Solve the aNBK saddle point and return its kernel predictor.
@@ -604,8 +604,8 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
       seed: Monte Carlo seed.
       tol: saddle residual ``||Phi - <phi phi^T>|| / ||Phi||`` (fresh samples) to reach.
         Exact solver: ``min(tol, 1e-12)`` is used.
-      max_iter: outer iterations (``"mala"``: evaluate phases, each after a longer averaging phase;
-        it stops early when the residual stalls).
+      max_iter: outer iterations (default 30; ``"mala"``: evaluate phases, default 3, each after
+        a longer averaging phase that continues the Polyak average of the previous ones).
       init: a previous :class:`ANBKResult` on the same data and depth (warm start:
         kernels, duals and MALA chains are reused; neighbouring ``gamma0`` values
         solve in a few iterations).
@@ -625,6 +625,8 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
     if samples is None:
         samples = {"hs": 10240, "is": 4096}.get(method, 2048)
     samples = _check_positive_int("samples", samples)
+    if max_iter is None:
+        max_iter = 3 if method in ("auto", "mala") else 30
     max_iter = _check_positive_int("max_iter", max_iter)
     tol = float(tol)
     if not tol > 0:

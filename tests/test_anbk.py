@@ -242,10 +242,13 @@ def test_mala_two_seeds_and_hs_agree_within_error():
 
 def test_mala_runaway_reports_cause_and_no_kernel():
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
-    res = anbk(ds, gamma0=5.0, beta=10.0, samples=512, max_iter=2)
+    res = anbk(ds, gamma0=10.0, beta=10.0, samples=512)  # chains run away outright
     assert not res.converged
     assert "normalise" in res.message and "gamma0" in res.message
     assert np.isnan(res.kernels).all() and res.to_json_dict()["test_loss"] is None
+    res = anbk(ds, gamma0=5.0, beta=10.0, samples=512, max_iter=2)  # chains drift; no consistent state
+    assert not res.converged and "no saddle point" in res.message and "normalise" in res.message
+    assert np.isnan(res.kernels).all()
 
 
 def test_mala_warm_start_and_depth_two():

@@ -172,9 +172,11 @@ def test_densities_page_shows_dmft_neurons_for_antk():
     assert len(_array(init["x"])) > 100
 
 
-def test_failed_solve_is_not_drawn():
-    """relu at gamma0 = 2, beta = 10 has no normalisable basin (see test_anbk): say so, draw nothing."""
-    at = _app(n_train=20, n_test=20, gamma0=2.0, beta=10.0).run()
+def test_failed_solve_is_not_drawn(monkeypatch):
+    """A solve whose chains run away (forced: the escape radius set tiny) is reported and not drawn."""
+    import akviz.anbk_mcmc
+    monkeypatch.setattr(akviz.anbk_mcmc, "ESCAPE", 1.0)
+    at = _app(n_train=20, n_test=20, gamma0=1.95, beta=20.0).run()
     assert not at.exception, at.exception
     assert at.error and "No adaptive kernel" in at.error[0].value
     assert "does not normalise" in at.error[0].value
