@@ -178,8 +178,8 @@ class ANBKResult:
 # ---------------------------------------------------------------- linear algebra helpers
 
 
-# Symmetric K^{1/2} and its pseudo-inverse: one implementation, in the HS module.
-_sqrt_and_pinv = _hs._sym_sqrt_pinv
+# Symmetric K^{1/2} and its pseudo-inverse: one implementation, in the MCMC module.
+_sqrt_and_pinv = _mcmc.sym_sqrt_pinv
 
 
 def _np_sqrt_pinv(k):
@@ -354,8 +354,8 @@ def _linear_lazy(c, depth):
 
 @functools.lru_cache(maxsize=None)
 def _mc_functions(act: Activation, depth: int):
-    """Jitted sweep / MALA / normalisability functions for one activation and depth."""
-    phi, dphi = act.fn, act.deriv
+    """Jitted importance-sampling sweep, group kernels and ``phi`` for one activation and depth."""
+    phi = act.fn
 
     def softmax_w(lw):
         lw = lw - jnp.max(lw)
@@ -414,43 +414,21 @@ def _mc_functions(act: Activation, depth: int):
 # ---------------------------------------------------------------- Monte Carlo solver
 
 
-def _mc_settings(samples, method):
-    """Chains and slices for a sample budget (MALA pools ``slices`` snapshots per chain)."""
-    if method == "is":
-        return samples, 1
-    slices = 4 if samples >= 4 * _GROUPS * 4 else 1
-    chains = max(_GROUPS, (samples // slices) // _GROUPS * _GROUPS)
-    return chains, slices
-
-
 def _solve_mc(fns, c, y, g2, inv_beta, depth, samples, method, seed, init_phis, init_state,
-              tol, max_iter, callback, start, n_burn=None):
+              tol, max_iter, callback, start):
+    """Importance sampling from the prior (``method="is"``): fresh samples each iteration, Anderson inner solve."""
     p = y.shape[0]
     r0 = _np_sqrt_pinv(c)[0]
     r0j = jnp.asarray(r0)
     yj = jnp.asarray(y)
     phis = np.array(init_phis)
-    chains_n, slices = _mc_settings(samples, method)
+    chains_n = samples
     key = jax.random.PRNGKey(seed)
-    warm = init_state is not None and init_state.get("chains") is not None \
-        and init_state["chains"].shape == (depth, chains_n, p)
-    if warm:
-        chains = jnp.asarray(init_state["chains"])
-        eps = jnp.asarray(init_state["eps"])
-        ms = np.array(init_state["ms"])
-    else:
-        key, sub = jax.random.split(key)
-        chains = jax.random.normal(sub, (depth, chains_n, p))
-        eps = jnp.full((depth,), 0.3)
-        a = np.linalg.solve(phis[-1] + inv_beta * np.eye(p), y)
-        ms = np.zeros((depth, p, p))
-        ms[-1] = g2 * np.outer(a, a)
-    if n_burn is None:
-        n_burn = 10 if warm else 40
-    thin = 5
+    a = np.linalg.solve(phis[-1] + inv_beta * np.eye(p), y)
+    ms = np.zeros((depth, p, p))
+    ms[-1] = g2 * np.outer(a, a)
     history, converged, message = [], False, ""
     res_phi = res_dual = mc_err = ess = None
-    kappa_v = np.zeros(depth)
     final = None
     it = 0
     for it in range(1, max_iter + 1):
@@ -493,11 +471,10 @@ def _solve_mc(fns, c, y, g2, inv_beta, depth, samples, method, seed, init_phis, 
         message = (f"no convergence in {max_iter} iterations (residual {max(res_phi):.2e}, Monte Carlo error "
                    f"{max(mc_err):.2e}); raise samples or max_iter, warm-start from a neighbouring gamma0, "
                    "or use a smaller gamma0.")
-    state = {"chains": np.asarray(chains), "eps": np.asarray(eps), "ms": ms}
+    state = {"chains": None, "ms": ms}
     return {"phis": phis, "ms": final["ms"] if final else ms, "converged": converged, "message": message,
             "iterations": it, "res_phi": res_phi, "res_dual": res_dual, "mc_error": mc_err,
-            "ess": [float(e) for e in ess], "history": history, "final": final, "state": state,
-            "kappa": kappa_v}
+            "ess": [float(e) for e in ess], "history": history, "final": final, "state": state}
 
 
 def _inner_solve(fns, phis, new, ms_new, args, depth, p, max_inner=30, inner_tol=1e-6, ess_trust=0.3,
@@ -789,9 +766,6 @@ def _action(phis, duals, y, g2, inv_beta, c, act, method, final):
             r = _np_sqrt_pinv(k)[0]
             s += 0.5 * float(np.linalg.slogdet(np.eye(p) + r @ d @ r)[1])
         return s
-    if method == "is" and final is not None:
-        lt = np.asarray(final["pool"][0]) if False else None
-        del lt
     return float("nan")
 
 

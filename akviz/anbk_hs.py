@@ -60,6 +60,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .anbk_mcmc import sym_sqrt_pinv as _sym_sqrt_pinv
+
 #: Minimum barrier (nats) between the basin of log w(xi) and the escape region.
 BARRIER_MIN = float(__import__('os').environ.get('AKVIZ_BARRIER_MIN', 3.0))
 #: Sample groups for batch-means standard errors.
@@ -79,16 +81,6 @@ def thin_factor(k):
     lam, vec = np.linalg.eigh(k)
     keep = lam > _EIG_CUTOFF * max(lam[-1], 1e-300)
     return vec[:, keep] * np.sqrt(lam[keep]), vec[:, keep]
-
-
-def _sym_sqrt_pinv(k):
-    """Symmetric ``K^{1/2}`` and its pseudo-inverse (eigenvalues below a relative cutoff dropped)."""
-    k = 0.5 * (k + k.T)
-    lam, vec = jnp.linalg.eigh(k)
-    keep = lam > _EIG_CUTOFF * jnp.maximum(lam[-1], 1e-300)
-    s = jnp.sqrt(jnp.where(keep, lam, 0.0))
-    sinv = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
-    return (vec * s) @ vec.T, (vec * sinv) @ vec.T
 
 
 @functools.lru_cache(maxsize=None)
