@@ -240,8 +240,8 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
 
     ``init_state``: the ``state`` of a previous solve on the same problem and depth (warm start: its
     chains and kernels), or a dict with ``phis`` only (kernels to start from, chains from the prior).
-    ``max_iter``: evaluate phases; after one that misses ``tol``, the state moves to the fresh
-    estimate and a longer averaging phase follows.
+    ``max_iter``: passes (average, then evaluate); after one that misses ``tol`` the next averages
+    twice as long (up to 4x), continuing the same Robbins-Monro steps and Polyak average.
     """
     y = np.asarray(y, float)
     p = y.shape[0]
