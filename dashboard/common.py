@@ -215,10 +215,8 @@ def adaptive(s: Settings, method: str | None = None, gamma0: float | None = None
     line = st.empty()  # live solver progress; cleared when done
     if not warm:
         usable = lambda r: False  # noqa: E731
-    elif method == "anbk":
-        usable = lambda r: bool(r.converged)  # noqa: E731  (the aNBK only reuses converged saddles)
     else:
-        usable = usable_kernels  # a finite DMFT population is a better start than a fresh one
+        usable = usable_kernels  # finite chains / a finite DMFT population are a better start than fresh ones
     result = solution_cache().solve(problem, float(gamma0), solver_for(s, method, progress=line.caption),
                                     usable=usable)
     line.empty()
