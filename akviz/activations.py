@@ -20,7 +20,6 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import scipy.special
 
 PairFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], tuple]

@@ -305,8 +305,7 @@ class _Problem:
         phi_l, suu, w_l, ess_l, mass, logw = self.fns["hs_layer"](*args)
         kg_l = self.fns["hs_groups"](*args, GROUPS) if full else None
         phi_l = np.asarray(phi_l)
-        phis, ms, ws, esss, kgs, pools = [None] * self.depth, [None] * self.depth, [None] * self.depth, \
-            [None] * self.depth, [None] * self.depth, [None] * self.depth
+        phis, ms, ws, esss, kgs = ([None] * self.depth for _ in range(5))
         phis[-1], ws[-1], esss[-1], kgs[-1] = phi_l, w_l, float(ess_l), kg_l
         a_new = np.linalg.solve(phi_l + self.eye / self.beta, self.y)
         ms[-1] = self.g**2 * np.outer(a_new, a_new)

@@ -224,7 +224,6 @@ def _anderson(st, act, p, C, y, gamma0, lam, tol, htol, max_steps, max_time, max
     map at ``lambda dt = lamdt``; the map's fixed points are those of THEORY.md 4.3.
     Restarts its history when the residual grows tenfold over the best seen."""
     step = _deep_step(act.fn, act.deriv, p)
-    observe = _deep_observer(act.fn, act.deriv, p)
     dt = lamdt / lam
     shape = st.H.shape
     n = st.H.size

@@ -727,7 +727,7 @@ def sample_posterior(dataset, *, width: int, depth: int = 1, activation="relu", 
 
     x_all_np = np.concatenate([x_train, x_test])
     x_all = jnp.asarray(x_all_np, dt_)
-    y_tr, y_te = jnp.asarray(y_train), jnp.asarray(y_test)
+    y_tr = jnp.asarray(y_train)
     key_init, key = jax.random.split(jax.random.PRNGKey(seed))
     params = init_params(key_init, x_train.shape[1], width, depth, dt_)
     ws, w = tuple(params[:-1]), params[-1]
