@@ -382,6 +382,16 @@ def _sample_population(C_full, samples, seed):
     return jnp.concatenate([h0, h0]), jnp.concatenate([z0, -z0])
 
 
+def interruption(start, max_seconds, report):
+    """Why a running solve must stop now, else None: its wall-clock budget is spent (checked first),
+    or ``report()`` (which runs the user's callback) returned True."""
+    if max_seconds is not None and time.perf_counter() - start > max_seconds:
+        return f"wall-clock budget max_seconds={max_seconds:g} s spent"
+    if report() is True:
+        return "stopped by callback"
+    return None
+
+
 def _status_message(*, finite, converged, stopped, t, max_time, iterations, max_steps, gap, residual, notes,
                     overflow):
     """The result's one-sentence account of how the run ended (shared with the deep solver)."""
@@ -590,11 +600,8 @@ def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, se
         done = bool(st.bad) or float(st.t) >= max_time or int(st.steps) >= max_steps
         if done:
             break
-        if max_seconds is not None and time.perf_counter() - start > max_seconds:
-            stopped = f"wall-clock budget max_seconds={max_seconds:g} s spent"
-            break
-        if record(st) is True:
-            stopped = "stopped by callback"
+        stopped = interruption(start, max_seconds, lambda: record(st))
+        if stopped:
             break
 
     # Final kernels, predictors, exact fixed-point residual.

@@ -72,7 +72,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .antk import _status_message
+from .antk import _status_message, interruption
 from .kernels import input_kernel, lazy_kernels
 from .regression import alignment as _alignment
 from .regression import classification_error, mse
@@ -276,11 +276,8 @@ def _anderson(st, act, p, C, y, gamma0, lam, tol, htol, max_steps, max_time, max
                 break
         if int(st.steps) >= max_steps or float(st.t) >= max_time:
             break
-        if max_seconds is not None and time.perf_counter() - start > max_seconds:
-            stopped = f"wall-clock budget max_seconds={max_seconds:g} s spent"
-            break
-        if k % record_every == 0 and record(st) is True:
-            stopped = "stopped by callback"
+        stopped = interruption(start, max_seconds, lambda: k % record_every == 0 and record(st))
+        if stopped:
             break
         if plain > 0:
             plain -= 1
@@ -407,11 +404,8 @@ def antk_deep(x_train, y_train, x_test, y_test, *, gamma0, lam, depth, act, samp
             inner_htol *= 0.25
         if bool(st.bad) or float(st.t) >= max_time or int(st.steps) >= max_steps or lam * float(st.t) >= RELAX_LAMBDA_T:
             break
-        if max_seconds is not None and time.perf_counter() - start > max_seconds:
-            stopped = f"wall-clock budget max_seconds={max_seconds:g} s spent"
-            break
-        if record(st) is True:
-            stopped = "stopped by callback"
+        stopped = interruption(start, max_seconds, lambda: record(st))
+        if stopped:
             break
 
     # Phase 2: Anderson-accelerated damped fixed-point iteration of the step map.
