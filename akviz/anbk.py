@@ -65,6 +65,7 @@ import numpy as np
 
 from . import anbk_hs as _hs
 from . import anbk_mcmc as _mcmc
+from .anbk_mcmc import relative_difference as _rel
 from ._precision import float64
 from .export import json_number
 from .activations import Activation, get_activation
@@ -185,11 +186,6 @@ _sqrt_and_pinv = _mcmc.sym_sqrt_pinv
 def _np_sqrt_pinv(k):
     r, ri = _sqrt_and_pinv(jnp.asarray(k))
     return np.asarray(r), np.asarray(ri)
-
-
-def _rel(a, b):
-    nb = np.linalg.norm(b)
-    return float(np.linalg.norm(a - b) / nb) if nb > 0 else float(np.linalg.norm(a - b))
 
 
 class _Anderson:

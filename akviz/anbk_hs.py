@@ -60,7 +60,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .anbk_mcmc import relative_difference as _rel
 from .anbk_mcmc import sym_sqrt_pinv as _sym_sqrt_pinv
+from .regression import alignment as _alignment
 
 #: Minimum barrier (nats) between the basin of log w(xi) and the escape region.
 BARRIER_MIN = float(__import__('os').environ.get('AKVIZ_BARRIER_MIN', 3.0))
@@ -377,11 +379,6 @@ def _anderson_solve(prob, st, x, tol, max_evals, m=6, trust=0.5):
     return x, max_evals, res, False
 
 
-def _rel(a, b):
-    nb = np.linalg.norm(b)
-    return float(np.linalg.norm(a - b) / nb) if nb > 0 else float(np.linalg.norm(a - b))
-
-
 def _no_basin_message(g, st):
     if not st["ok"]:
         why = "log w(xi) has no basin around its main maximum"
@@ -528,10 +525,6 @@ def _fail(prob, x, st, history, message, state):
             "barrier": float(st["barrier"]) if st else float("nan"),
             "kappa": float(st["kappa"]) if st else float("nan"), "basin": None, "final": None, "state": state,
             "scan": {"xi": st["scan_xi"], "logw": st["scan_logw"]} if st else None}
-
-
-def _alignment(k, y):
-    return float(y @ k @ y / (np.linalg.norm(k) * (y @ y)))
 
 
 @functools.lru_cache(maxsize=None)

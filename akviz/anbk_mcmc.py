@@ -64,6 +64,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .regression import alignment
+
 #: Independent chain groups for batch-means standard errors.
 GROUPS = 16
 #: |u|^2 beyond which a chain has run away (the prior's tail is at |u|^2 ~ P).
@@ -179,6 +181,8 @@ def mcmc_functions(phi, dphi, depth: int, n_inner: int, homogeneous: bool):
         state: dict(u (L,S,P), eps (L,), phis (L,P,P), suu (L,P,P));
         consts: dict(r1, y, inv_beta); ``etas``, ``gs``: Robbins-Monro step and gamma0 per round.
         ``average``: accumulate Polyak sums (and chain-group sums) of the chain estimates.
+        ``keep`` (static; the evaluate phase): also the second moments behind the effective sample
+        fraction, and one chain snapshot every ``snap_every`` rounds.
         """
         r1, y, inv_beta = consts["r1"], consts["y"], consts["inv_beta"]
         s, p = state["u"].shape[1], y.shape[0]
@@ -199,14 +203,16 @@ def mcmc_functions(phi, dphi, depth: int, n_inner: int, homogeneous: bool):
                 us.append(u), epss.append(e), rates.append(rate), grp.append(gk)
                 ests.append(jnp.mean(gk, axis=0))
                 uus.append((u.T @ u).astype(jnp.float64) / s)
-                sq.append(jnp.einsum("si,sj->ij", f * f, f * f).astype(jnp.float64) / s)
+                if keep:  # second moments only where they are used: the evaluate phase's sample sizes
+                    sq.append(jnp.einsum("si,sj->ij", f * f, f * f).astype(jnp.float64) / s)
             est, uu = jnp.stack(ests), jnp.stack(uus)
             new = {"u": jnp.stack(us), "eps": jnp.stack(epss),
                    "phis": st["phis"] + eta * (est - st["phis"]),
                    "suu": st["suu"] + eta * (uu - st["suu"])}
             w = jnp.where(average, 1.0, 0.0)
             acc = {"n": acc["n"] + w, "phi": acc["phi"] + w * est, "uu": acc["uu"] + w * uu,
-                   "grp": acc["grp"] + w * jnp.stack(grp), "sq": acc["sq"] + w * jnp.stack(sq)}
+                   "grp": acc["grp"] + w * jnp.stack(grp),
+                   "sq": acc["sq"] + w * jnp.stack(sq) if keep else acc["sq"]}
             u2 = jnp.max(jnp.sum(new["u"] ** 2, axis=-1), axis=-1)
             diag = {"rate": jnp.stack(rates), "u2max": u2,
                     "change": jnp.linalg.norm((est - st["phis"]).reshape(depth, -1), axis=-1)
@@ -229,7 +235,8 @@ def mcmc_functions(phi, dphi, depth: int, n_inner: int, homogeneous: bool):
     return jax.jit(rounds, static_argnums=(7, 8))
 
 
-def _rel(a, b):
+def relative_difference(a, b):
+    """``||a - b|| / ||b||`` (Frobenius; absolute when ``b = 0``): the saddle residuals of every aNBK solver."""
     nb = np.linalg.norm(b)
     return float(np.linalg.norm(a - b) / nb) if nb > 0 else float(np.linalg.norm(a - b))
 
@@ -321,7 +328,7 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
         rec = {"iteration": it, "residual": max(out["res_phi"]), "residual_phi": out["res_phi"],
                "residual_dual": out["res_dual"], "mc_error": out["mc_error"], "ess": out["ess"],
                "acceptance": [float(x) for x in diag["rate"].mean(0)],
-               "alignment": [float(y @ q @ y / (np.linalg.norm(q) * (y @ y))) for q in out["phis"]],
+               "alignment": [alignment(q, y) for q in out["phis"]],
                "rounds": int(relax * (it == 1) + (n_avg + evaluate) * grow), "seconds": time.perf_counter() - start}
         history.append(rec)
         if callback is not None and callback(it, rec) is False:
@@ -377,8 +384,8 @@ def _evaluate(state, accum, snaps, y, g, beta, depth):
         return ms + [g * g * np.outer(a, a)]
 
     ms_state, ms_fresh = tilts(phis, np.asarray(state["suu"])), tilts(est, suu)
-    res_phi = [_rel(est[l], phis[l]) for l in range(depth)]
-    res_dual = [_rel(ms_fresh[l], ms_state[l]) for l in range(depth)]
+    res_phi = [relative_difference(est[l], phis[l]) for l in range(depth)]
+    res_dual = [relative_difference(ms_fresh[l], ms_state[l]) for l in range(depth)]
     snaps = np.asarray(snaps)  # (K, L, S, P): one snapshot every snap_every rounds
     pool = [snaps[:, l].reshape(-1, p) for l in range(depth)]
     return {"phis": phis, "ms": ms_state, "estimate": est, "res_phi": res_phi, "res_dual": res_dual,
