@@ -657,16 +657,9 @@ def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, se
     return ANTKResult(
         Phi=Phi, G=G, K=K, C=C_full,
         kernels=Phi[None, :p, :p], kernels_full=Phi[None], gradient_kernels_full=G[None],
-        train_predictions=f_tr, test_predictions=f_te,
-        feature_train_predictions=feat_tr, feature_test_predictions=feat_te,
-        ntk_train_predictions=ntk_tr, ntk_test_predictions=ntk_te,
-        test_loss=mse(f_te, y_test), train_loss=mse(f_tr, y_train),
-        test_error=classification_error(f_te, y_test) if finite else float("nan"),
-        test_loss_feature_form=mse(feat_te, y_test), test_loss_ntk_form=mse(ntk_te, y_test),
-        feature_gap=_rel_gap(feat_te, f_te), ntk_gap=_rel_gap(ntk_te, f_te),
+        **predictor_fields(f_tr, f_te, feat_tr, feat_te, ntk_tr, ntk_te, lazy_ntk_te, lazy_nngp_te,
+                           y_train, y_test, finite),
         alignment=[_alignment(Phi[:p, :p], y_train)], ntk_alignment=_alignment(K[:p, :p], y_train),
-        lazy_ntk_test_predictions=lazy_ntk_te, lazy_nngp_test_predictions=lazy_nngp_te,
-        lazy_ntk_test_loss=mse(lazy_ntk_te, y_test), lazy_nngp_test_loss=mse(lazy_nngp_te, y_test),
         lazy_ntk_ridge=2 * lam, lazy_nngp_ridge=lam,
         times=np.asarray(times), trajectory_train_loss=np.asarray(losses),
         trajectory_residual=np.asarray(resids), step_sizes=np.asarray(dts),
@@ -676,6 +669,23 @@ def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, se
         converged=bool(converged), iterations=iterations, residual=float(residual), message=message,
         seconds=time.perf_counter() - start, gamma0=gamma0, weight_decay=lam, depth=1,
         activation=act.name, samples=samples, seed=seed, final_time=float(st.t), state=state,
+    )
+
+
+def predictor_fields(f_tr, f_te, feat_tr, feat_te, ntk_tr, ntk_te, lazy_ntk_te, lazy_nngp_te, y_train, y_test,
+                     finite) -> dict:
+    """The :class:`ANTKResult` fields of the three predictors and the lazy baselines: predictions,
+    losses, test error and the feature/NTK-form gaps to the DMFT output (any depth)."""
+    return dict(
+        train_predictions=f_tr, test_predictions=f_te,
+        feature_train_predictions=feat_tr, feature_test_predictions=feat_te,
+        ntk_train_predictions=ntk_tr, ntk_test_predictions=ntk_te,
+        test_loss=mse(f_te, y_test), train_loss=mse(f_tr, y_train),
+        test_error=classification_error(f_te, y_test) if finite else float("nan"),
+        test_loss_feature_form=mse(feat_te, y_test), test_loss_ntk_form=mse(ntk_te, y_test),
+        feature_gap=_rel_gap(feat_te, f_te), ntk_gap=_rel_gap(ntk_te, f_te),
+        lazy_ntk_test_predictions=lazy_ntk_te, lazy_nngp_test_predictions=lazy_nngp_te,
+        lazy_ntk_test_loss=mse(lazy_ntk_te, y_test), lazy_nngp_test_loss=mse(lazy_nngp_te, y_test),
     )
 
 

@@ -72,10 +72,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .antk import _status_message, interruption
+from .antk import _status_message, interruption, predictor_fields
 from .kernels import input_kernel, lazy_kernels
 from .regression import alignment as _alignment
-from .regression import classification_error, mse
+from .regression import mse
 
 #: Damping ``1 - exp(-lambda dt_max)`` of the largest step.
 MAX_DAMPING = 0.6
@@ -459,16 +459,9 @@ def antk_deep(x_train, y_train, x_test, y_test, *, gamma0, lam, depth, act, samp
     return ANTKResult(
         Phi=PhiL, G=GL, K=K, C=C_full,
         kernels=Phi[:, :p, :p], kernels_full=Phi, gradient_kernels_full=G,
-        train_predictions=f_tr, test_predictions=f_te,
-        feature_train_predictions=feat_tr, feature_test_predictions=feat_te,
-        ntk_train_predictions=ntk_tr, ntk_test_predictions=ntk_te,
-        test_loss=mse(f_te, y_test), train_loss=mse(f_tr, y_train),
-        test_error=classification_error(f_te, y_test) if finite else float("nan"),
-        test_loss_feature_form=mse(feat_te, y_test), test_loss_ntk_form=mse(ntk_te, y_test),
-        feature_gap=_rel_gap(feat_te, f_te), ntk_gap=_rel_gap(ntk_te, f_te),
+        **predictor_fields(f_tr, f_te, feat_tr, feat_te, ntk_tr, ntk_te, lazy_ntk_te, lazy_nngp_te,
+                           y_train, y_test, finite),
         alignment=[_alignment(k[:p, :p], y_train) for k in Phi], ntk_alignment=_alignment(K[:p, :p], y_train),
-        lazy_ntk_test_predictions=lazy_ntk_te, lazy_nngp_test_predictions=lazy_nngp_te,
-        lazy_ntk_test_loss=mse(lazy_ntk_te, y_test), lazy_nngp_test_loss=mse(lazy_nngp_te, y_test),
         lazy_ntk_ridge=(L + 1) * lam, lazy_nngp_ridge=lam,
         times=tr[0], trajectory_train_loss=tr[1], trajectory_residual=tr[2], step_sizes=tr[3],
         record_times=np.asarray(rec["t"]), record_test_loss=np.asarray(rec["test"]),
