@@ -78,6 +78,7 @@ from .regression import kernel_ridge, score
 ESS_FLOOR = 0.05
 #: Chain groups for batch-means standard errors (chains are independent across groups).
 _GROUPS = 16
+_MIN_ROUNDS = _mcmc.SNAP_EVERY
 #: Relative eigenvalue cutoff of the kernel square roots (C is singular when P > D).
 _EIG_CUTOFF = 1e-11
 
@@ -560,7 +561,7 @@ def _check_positive_int(name, v, minimum=1):
 def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="relu",
          samples: Optional[int] = None, seed: int = 0, tol: float = 1e-2, max_iter: Optional[int] = None,
          init: Optional[ANBKResult] = None, callback: Optional[Callable] = None,
-         method: str = "auto") -> ANBKResult:
+         method: str = "auto", rounds: Optional[int] = None) -> ANBKResult:
     """Solve the aNBK saddle point and return its kernel predictor.
 
     ``f(x) = Phi^L(x, X) (Phi^L + I/beta)^-1 y`` with the adaptive kernels of
@@ -585,6 +586,11 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
       callback: ``callback(iteration, state_dict)``; returning ``False`` stops.
       method: ``"auto"`` (``"exact"`` for linear, else ``"mala"``), ``"exact"`` (linear only),
         ``"hs"``, ``"mala"`` or ``"is"``.
+      rounds: ``"mala"`` only: Robbins-Monro rounds (each 4 MALA steps of every chain) of the
+        first averaging phase and of each evaluation; the relaxing phase before them takes
+        ``rounds`` (cold) or ``rounds // 2`` (warm). Default 96 cold, 48 warm (evaluation 96).
+        Fewer rounds are faster and noisier: ``residual["mc_error"]`` says by how much (the
+        dashboard's quick warm solves use this).
 
     Never raises on non-convergence: see ``converged`` and ``message``.
     """
@@ -601,6 +607,11 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
     if max_iter is None:
         max_iter = 3 if method in ("auto", "mala") else 30
     max_iter = _check_positive_int("max_iter", max_iter)
+    if rounds is not None:
+        rounds = _check_positive_int("rounds", rounds)
+        if rounds < _MIN_ROUNDS:
+            raise ValueError(f"rounds must be >= {_MIN_ROUNDS} (one chain snapshot per {_MIN_ROUNDS} rounds), "
+                             f"got {rounds}.")
     tol = float(tol)
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}.")
@@ -640,7 +651,7 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
                                                     samples, seed, tol, max_iter, init, callback, start)
     elif method == "mala":
         sol, phis, ms, final, state, full = _run_mcmc(act, c_full, c, x_train, y_train, p, gamma0, beta, depth,
-                                                      samples, seed, tol, max_iter, init, callback, start)
+                                                      samples, seed, tol, max_iter, init, callback, start, rounds)
     else:
         if init_phis is None:
             lazy = lazy_kernels(x_train, depth=depth, activation=act)
@@ -697,7 +708,7 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
 
 
 def _run_mcmc(act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples, seed, tol, max_iter, init,
-              callback, start):
+              callback, start, rounds=None):
     """Persistent-chain stochastic approximation (akviz.anbk_mcmc); warm start from ``init`` when compatible."""
     st = init._state if init is not None else None
     mc = st.get("mcmc") if st else None
@@ -707,7 +718,7 @@ def _run_mcmc(act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples,
     else:
         init_state, g_from = {"phis": np.stack(lazy_kernels(x_train, depth=depth, activation=act).nngp)}, 0.0
     sol = _mcmc.solve(act, c, y_train, gamma0, beta, depth, samples, int(seed), tol, max_iter, init_state,
-                      callback, start, g_from)
+                      callback, start, g_from, rounds=rounds)
     phis, ms, final = np.array(sol["phis"]), sol["ms"], sol["final"]
     n = c_full.shape[0]
     if final is not None:

@@ -68,6 +68,8 @@ from .regression import alignment
 
 #: Independent chain groups for batch-means standard errors.
 GROUPS = 16
+#: Rounds between chain snapshots (the evaluate phase's sample for the test-point kernels).
+SNAP_EVERY = 6
 #: |u|^2 beyond which a chain has run away (the prior's tail is at |u|^2 ~ P).
 ESCAPE = 1e8
 #: A final saddle residual above this is no saddle at all (reported as failure, kernels NaN).
@@ -242,13 +244,15 @@ def relative_difference(a, b):
 
 
 def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, callback, start, g_from=0.0,
-          n_inner=4, relax=None, average=None, evaluate=96, snap_every=6, eta0=0.2):
+          n_inner=4, rounds=None, snap_every=SNAP_EVERY, eta0=0.2):
     """Solve the saddle at ``gamma0 = g``; returns a dict for :func:`akviz.anbk` (see the module docstring).
 
     ``init_state``: the ``state`` of a previous solve on the same problem and depth (warm start: its
     chains and kernels), or a dict with ``phis`` only (kernels to start from, chains from the prior).
     ``max_iter``: passes (average, then evaluate); after one that misses ``tol`` the next averages
     twice as long (up to 4x), continuing the same Robbins-Monro steps and Polyak average.
+    ``rounds``: rounds of the first averaging phase and of each evaluation (default 96 cold, 48 warm;
+    evaluation 96); relaxing takes as many cold, half as many warm.
     """
     y = np.asarray(y, float)
     p = y.shape[0]
@@ -268,8 +272,10 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
         eps = jnp.full((depth,), 0.3, CHAIN_DTYPE)
         suu = jnp.broadcast_to(jnp.eye(p), (depth, p, p))
     state = {"u": u, "eps": eps, "phis": jnp.asarray(init_state["phis"]), "suu": suu}
-    relax = relax if relax is not None else (24 if warm else 96)
-    average = average if average is not None else (48 if warm else 96)
+    # phase lengths in rounds: ``rounds`` sets averaging and evaluation, relaxing is half of it when warm
+    average = rounds if rounds is not None else (48 if warm else 96)
+    evaluate = rounds if rounds is not None else 96
+    relax = average // 2 if warm else average
     history, converged, message = [], False, ""
     out, polyak, t_avg = None, None, 0
 

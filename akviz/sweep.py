@@ -30,6 +30,10 @@ class SolutionCache:
         self.max_entries = int(max_entries)
         self._items: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
         self._lock = threading.Lock()
+        self._inflight: dict = {}  # key -> threading.Event, set when that solve has been stored
+        self._pending: list = []  # prefetch requests not started yet (only the latest call's)
+        self._worker: Optional[threading.Thread] = None
+        self.prefetch_errors: list = []  # (problem, gamma0, repr(exception)) of failed background solves
 
     def __len__(self):
         return len(self._items)
@@ -61,18 +65,73 @@ class SolutionCache:
     def solve(self, problem: Hashable, gamma0: float, solver: Callable, usable: Callable = lambda r: True):
         """Cached result, else ``solver(gamma0, init)`` warm-started from the nearest usable one.
 
-        Returns ``(result, info)`` with ``info = {"cached", "warm_from", "seconds"}``.
+        A solve of the same key already running in the background (:meth:`prefetch`) is waited
+        for rather than repeated. Returns ``(result, info)`` with
+        ``info = {"cached", "warm_from", "seconds"}`` (``"prefetched": True`` when it was waited for).
         """
+        key = (problem, float(gamma0))
+        start = time.perf_counter()
+        with self._lock:
+            running = self._inflight.get(key)
+        if running is not None:
+            running.wait()
+            hit = self.get(problem, gamma0)
+            if hit is not None:
+                return hit, {"cached": True, "prefetched": True, "warm_from": None,
+                             "seconds": time.perf_counter() - start}
         hit = self.get(problem, gamma0)
         if hit is not None:
             return hit, {"cached": True, "warm_from": None, "seconds": 0.0}
         init = self.nearest(problem, gamma0, usable)
-        start = time.perf_counter()
         result = solver(gamma0, init)
         seconds = time.perf_counter() - start
         self.put(problem, gamma0, result)
         warm_from = None if init is None else float(getattr(init, "gamma0", np.nan))
         return result, {"cached": False, "warm_from": warm_from, "seconds": seconds}
+
+    def prefetch(self, problem: Hashable, gammas, solver: Callable, usable: Callable = lambda r: True) -> None:
+        """Solve ``gammas`` (in order) in one background thread, each warm-started like :meth:`solve`.
+
+        For an interactive slider: after drawing ``gamma0``, prefetch its neighbours so that the
+        next step is a cache hit. A call replaces the requests of the previous call that have not
+        started (the user has moved on); the solve in progress finishes and is stored. Values
+        already cached or running are skipped. ``solver`` runs outside the caller's thread, so it
+        must not touch UI state. Exceptions are recorded in ``prefetch_errors``, never raised.
+        """
+        with self._lock:
+            self._pending = [(problem, float(g), solver, usable) for g in gammas]
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name="akviz-prefetch", daemon=True)
+                self._worker.start()
+
+    def wait_prefetch(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the background queue is empty; True if it emptied within ``timeout`` seconds."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+            return not worker.is_alive()
+        return True
+
+    def _work(self):
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._worker = None
+                    return
+                problem, gamma0, solver, usable = self._pending.pop(0)
+                key = (problem, gamma0)
+                if key in self._items or key in self._inflight:
+                    continue
+                done = self._inflight[key] = threading.Event()
+            try:
+                init = self.nearest(problem, gamma0, usable)
+                self.put(problem, gamma0, solver(gamma0, init))
+            except Exception as exc:  # a background failure must not kill the server; the foreground retries
+                self.prefetch_errors.append((problem, gamma0, repr(exc)))
+            finally:
+                with self._lock:
+                    del self._inflight[key]
+                done.set()
 
 
 def sweep(solver: Callable, gammas, *, progress: Optional[Callable] = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 import streamlit as st
@@ -120,7 +121,7 @@ def sidebar():
     sb.header("Feature learning")
     sb.radio("Adaptive kernel", tuple(METHOD_LABELS), format_func=METHOD_LABELS.get, key="method",
              horizontal=True)
-    sb.slider("gamma0 (feature-learning strength)", 0.05, 2.0, step=0.05, key="gamma0",
+    sb.slider("gamma0 (feature-learning strength)", GAMMA0_MIN, GAMMA0_MAX, step=GAMMA0_STEP, key="gamma0",
               help="gamma0 -> 0 is the lazy kernel limit; gamma0 = O(1) is the rich regime.")
     if st.session_state["method"] == "anbk":
         sb.select_slider("beta (inverse temperature)", BETAS, key="beta")
@@ -181,6 +182,25 @@ ANBK_PASSES = 1
 ANTK_SECONDS = 20.0
 
 
+#: The gamma0 slider's range and step.
+GAMMA0_MIN, GAMMA0_MAX, GAMMA0_STEP = 0.05, 2.0, 0.05
+
+
+def prefetch_enabled() -> bool:
+    """Background solves of the slider's neighbours (off with AKVIZ_PREFETCH=0, e.g. in tests)."""
+    return os.environ.get("AKVIZ_PREFETCH", "1") != "0"
+
+
+def slider_neighbours(gamma0: float) -> list:
+    """The gamma0 values one slider step up and down (up first: exploring usually goes up)."""
+    out = []
+    for g in (gamma0 + GAMMA0_STEP, gamma0 - GAMMA0_STEP):
+        g = round(g, 6)
+        if GAMMA0_MIN - 1e-9 <= g <= GAMMA0_MAX + 1e-9:
+            out.append(g)
+    return out
+
+
 def solver_for(s: Settings, method: str, progress=None):
     """``solver(gamma0, init)`` for the current settings; ``progress(text)`` receives solver progress."""
     ds = dataset(**s.data)
@@ -210,16 +230,20 @@ def adaptive(s: Settings, method: str | None = None, gamma0: float | None = None
     warm-started and how long it took.
     """
     method = method or s.method
-    gamma0 = s.gamma0 if gamma0 is None else gamma0
+    on_slider = gamma0 is None
+    gamma0 = round(float(s.gamma0 if gamma0 is None else gamma0), 6)  # one cache key per slider position
     problem = problem_key(s, method) + (() if warm else ("cold",))
     line = st.empty()  # live solver progress; cleared when done
     if not warm:
         usable = lambda r: False  # noqa: E731
     else:
         usable = usable_kernels  # finite chains / a finite DMFT population are a better start than fresh ones
-    result = solution_cache().solve(problem, float(gamma0), solver_for(s, method, progress=line.caption),
-                                    usable=usable)
+    cache = solution_cache()
+    result = cache.solve(problem, gamma0, solver_for(s, method, progress=line.caption), usable=usable)
     line.empty()
+    if on_slider and warm and prefetch_enabled():
+        # the next slider step becomes a cache hit: solved in the background, warm from this one
+        cache.prefetch(problem, slider_neighbours(gamma0), solver_for(s, method), usable=usable)
     return result
 
 
@@ -236,7 +260,9 @@ def diagnostics(result, info=None) -> str:
     if hasattr(result, "feature_gap"):
         parts.append(f"DMFT vs feature form {result.feature_gap:.1e}")
     if info:
-        if info.get("cached"):
+        if info.get("prefetched"):
+            parts.append(f"cached (solved in the background; waited {info['seconds']:.2f} s)")
+        elif info.get("cached"):
             parts.append("cached")
         else:
             parts.append(f"{info['seconds']:.2f} s" + (f", warm start from gamma0={info['warm_from']:g}"

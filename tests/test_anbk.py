@@ -98,7 +98,8 @@ def test_relu_tiny_gamma_reproduces_nngp_including_test_block():
 @pytest.mark.parametrize("kwargs", [dict(gamma0=-1.0, beta=1.0), dict(gamma0=1.0, beta=0.0),
                                     dict(gamma0=1.0, beta=1.0, depth=0), dict(gamma0=1.0, beta=1.0, samples=0),
                                     dict(gamma0=1.0, beta=1.0, activation="nope"),
-                                    dict(gamma0=1.0, beta=1.0, method="exact")])
+                                    dict(gamma0=1.0, beta=1.0, method="exact"),
+                                    dict(gamma0=1.0, beta=1.0, rounds=3)])
 def test_bad_arguments_raise_value_error(kwargs):
     with pytest.raises(ValueError):
         anbk(whitened_problem(), **kwargs)
@@ -259,5 +260,8 @@ def test_mala_warm_start_and_depth_two():
         assert np.isfinite(r.kernels).all() and r.kernels_full.shape == (2, 50, 50), r.message
         assert max(r.mc_error) < 0.05 and np.isfinite(r.test_loss)
     assert warm.history[0]["rounds"] < first.history[0]["rounds"]  # the warm start skips most of the relaxation
+    quick = anbk(ds, gamma0=0.35, beta=1.0, depth=2, samples=1024, init=warm, max_iter=1, rounds=12)
+    assert quick.history[0]["rounds"] == 6 + 12 + 12  # relax rounds // 2 (warm), average, evaluate
+    assert np.isfinite(quick.kernels).all() and max(quick.mc_error) < 0.1
     s = preactivation_samples(warm, 2, [0, 1])
     assert abs(s["weights"].sum() - 1) < 1e-9 and s["tilted"].shape[1] == 2

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from streamlit.testing.v1 import AppTest
 
 import akviz
@@ -22,6 +23,12 @@ def _array(value):
             shape = tuple(int(v) for v in shape.split(","))
         return flat.reshape(shape) if shape else flat
     return np.asarray(value, float)
+
+
+@pytest.fixture(autouse=True)
+def _no_background_solves(monkeypatch):
+    """Slider-neighbour prefetching off (it would load the CPU behind the next tests); one test turns it on."""
+    monkeypatch.setenv("AKVIZ_PREFETCH", "0")
 
 
 def _figures(at):
@@ -98,6 +105,24 @@ def test_kernel_explorer_follows_slider_and_method_toggle():
     assert not at.exception, at.exception
     z = _heatmap_z(_figure(at, "heatmaps"), "aNTK Phi layer 1")
     assert z.shape == (20, 20) and np.all(np.isfinite(z))
+
+
+def test_slider_neighbours_are_prefetched_and_then_drawn_from_the_cache(monkeypatch):
+    monkeypatch.setenv("AKVIZ_PREFETCH", "1")
+    at = _small_app(gamma0=0.7, beta=2.0)  # settings no other test uses: a fresh problem in the shared cache
+    from dashboard import common
+
+    cache = common.solution_cache()
+    assert cache.wait_prefetch(timeout=120)
+    ds = akviz.load_dataset("digits:3v8", 20, 20, 0)
+    at.sidebar.slider(key="gamma0").set_value(0.75).run()
+    assert not at.exception, at.exception
+    solver_line = next(c.value for c in at.caption if c.value.startswith("Solver:"))
+    assert "cached" in solver_line and "warm start" not in solver_line
+    moved = akviz.anbk(ds, gamma0=0.75, beta=2.0, activation="linear").kernels_full[0][:20, :20]
+    np.testing.assert_allclose(_heatmap_z(_figure(at, "heatmaps"), "aNBK Phi layer 1"),
+                               _sorted(moved, ds.labels_train), rtol=1e-8)
+    assert not cache.prefetch_errors
 
 
 def test_url_state_restores_a_view_and_ignores_bad_values():

@@ -43,6 +43,33 @@ def test_cache_is_bounded_lru():
         SolutionCache(0)
 
 
+def test_prefetch_solves_in_background_and_a_foreground_solve_waits_for_it():
+    import threading
+
+    cache, calls, release = SolutionCache(max_entries=10), [], threading.Event()
+    fast = _fake_solver(calls)
+
+    def slow(g, init):  # holds the worker until released: the foreground must wait, not solve again
+        release.wait(10)
+        return fast(g, init)
+
+    cache.solve("p", 1.0, fast)
+    cache.prefetch("p", [1.05, 0.95], slow)
+    timer = threading.Timer(0.2, release.set)
+    timer.start()
+    r, info = cache.solve("p", 1.05, fast)
+    assert info["cached"] and info["prefetched"] and r.gamma0 == 1.05
+    assert cache.wait_prefetch(timeout=10)
+    assert [c for c in calls if c[0] != 1.0] == [(1.05, 1.0), (0.95, 1.0)]  # each solved once, warm from 1.0
+    _, info = cache.solve("p", 0.95, fast)
+    assert info["cached"] and len(calls) == 3
+    # a new request replaces the pending ones; cached values are skipped; failures are recorded
+    cache.prefetch("p", [1.0, 2.0], lambda g, init: 1 / 0)
+    assert cache.wait_prefetch(timeout=10)
+    assert cache.get("p", 2.0) is None and cache.prefetch_errors[-1][1] == 2.0
+    assert "ZeroDivisionError" in cache.prefetch_errors[-1][2] and len(cache.prefetch_errors) == 1
+
+
 def test_sweep_chains_warm_starts_reports_progress_and_stops():
     calls, seen = [], []
     results = sweep(_fake_solver(calls), [0.5, 1.0, 1.6, 2.0], progress=lambda *a: seen.append(a[:3]))
