@@ -31,12 +31,16 @@ Empirical kernels, averaged over the ``N`` neurons of a layer, on train+test
 
 Measured against the theory (digits:3v8, P=100, Q=200, relu; 2 shared CPU cores):
 
-* GD, depth 1, gamma0=1, lambda=0.1, t=1200, vs the aNTK DMFT (8000 neurons,
-  itself converged only to a feature-form gap of 7e-3): test-prediction
-  correlation 0.99979 / 0.99981 / 0.99991 / 0.99990 and RMS gap 0.0193 / 0.0178 /
-  0.0130 / 0.0137 at N = 512 / 1024 / 2048 / 4096 (the N=2048-4096 floor is the
-  DMFT's own error); Phi distance 2-3 %. At t=300 the gap is larger (0.0196 at
-  N=4096): GD relaxes slowly towards the fixed point.
+* GD, depth 1, gamma0=1, lambda=0.1, against the aNTK DMFT at the *same* training
+  time t=100 (``max_time`` lands exactly on it; DMFT 2 x 8192 neurons, ``rtol=0.005``,
+  its own RMS error 0.0028): test-prediction RMS gap 0.0117 / 0.0086 / 0.0073 / 0.0063
+  (3 seeds each, spread <= 0.0013), correlation 0.99992 / 0.99995 / 0.99997 / 0.99998
+  at N = 512 / 1024 / 2048 / 4096; seed-to-seed network error 0.0113 / 0.0080 /
+  0.0067 / 0.0046 (``benchmarks/width_scaling_antk.py``). The DMFT's default
+  ``rtol=0.02`` is too coarse for this: its relu trajectory at t=100 is 0.036 RMS off
+  (one 4096-neuron population, ``rtol=0.02`` vs ``0.005``; ``0.005`` vs ``0.00125``: 0.001).
+  At t=1000 with ``rtol=0.02`` (2 x 16384 neurons, seed-to-seed 0.014) the gap stays at
+  0.022 / 0.021 for N = 512 / 4096: the integrator, not the network, sets that floor.
 * Depth 2 with weight decay (THEORY.md 4.3) is **experimental** and does not
   clearly match yet: networks at N=512 / 1024 (t=58, still drifting) against the
   experimental deep aNTK (4000 neurons, stopped at 400 s, fixed-point residual
@@ -287,12 +291,15 @@ ADAPT_EVERY = 50
 def _gd_chunk(phi, dphi, n_steps: int, gamma0: float, lam: float, safety: float, adapt: bool, p: int):
     """Jitted: ``n_steps`` GD steps (lax.scan) then the observables on train+test.
 
+    Training time ``t`` stops exactly at ``t_max``: the step that would pass it is
+    shortened, and the steps after it do nothing (their recorded ``eta`` is 0).
+
     With ``adapt``, every :data:`ADAPT_EVERY` steps (counted globally) the step is
     reset to ``safety / (lambda_max(K_t) + lambda)`` from the current empirical NTK
     on the training inputs.
     """
 
-    def run(params, lr, t, k, x_all, y, f0, c):
+    def run(params, lr, t, k, x_all, y, f0, c, t_max):
         x_tr = x_all[:p]
         f0_tr = f0[:p]
         c_tr = c[:p, :p]
@@ -306,8 +313,12 @@ def _gd_chunk(phi, dphi, n_steps: int, gamma0: float, lam: float, safety: float,
             if adapt:
                 lr = jax.lax.cond(k % ADAPT_EVERY == 0, new_lr, lambda ps, lr: lr, ps, lr)
             grads, r = _data_loss_grad(ps, x_tr, y, f0_tr, phi, gamma0)
-            new = [(1.0 - lr * lam).astype(q.dtype) * q - lr.astype(q.dtype) * g for q, g in zip(ps, grads)]
-            return (new, lr, t + lr, k + 1), (0.5 * jnp.sum(r.astype(jnp.float64) ** 2), lr)
+            # the step that would pass t_max is shortened to land on it; later steps are no-ops (eta = 0)
+            last = t + lr >= t_max
+            eta = jnp.where(last, jnp.maximum(t_max - t, 0.0), lr)
+            new = [(1.0 - eta * lam).astype(q.dtype) * q - eta.astype(q.dtype) * g for q, g in zip(ps, grads)]
+            return (new, lr, jnp.where(last, jnp.maximum(t_max, t), t + lr), k + 1), \
+                (0.5 * jnp.sum(r.astype(jnp.float64) ** 2), eta)
 
         (params, lr, t, k), (losses, lrs) = jax.lax.scan(step, (params, lr, t, k), None, length=n_steps)
         phis, gks, ntk, f, _ = _observables(params, x_all, phi, dphi, gamma0, c)
@@ -356,8 +367,9 @@ def train_network(dataset, *, width: int, depth: int = 1, activation="relu", gam
         is ``Phi(x,X)(Phi + lambda I)^-1 (y + f0_X) - f0(x)`` (THEORY.md 4.2),
         so compare it with the aNTK only as ``N`` grows. ``"none"``: raw output.
       dtype: ``"float32"`` (default, fast) or ``"float64"``.
-      max_time: optional training-time horizon: stop after the recorded chunk in which
-        ``t = sum eta`` reaches it (``steps`` is then the most steps).
+      max_time: optional training-time horizon: stop at exactly ``t = sum eta = max_time``
+        (the last step is shortened to land on it), so that the network can be compared
+        with the DMFT of :func:`akviz.antk` at the same time (``steps`` is then the most steps).
       callback: called after each recorded chunk with a dict (``step``, ``time``,
         ``train_loss``, ``test_loss``, ``alignment``); returning ``True`` stops.
 
@@ -420,16 +432,20 @@ def train_network(dataset, *, width: int, depth: int = 1, activation="relu", gam
     record(0, 0.0, phis, gks, ntk, np.asarray(f) - np.asarray(f0))
     done, diverged, stopped = 0, False, False
     lr_j, t_j, k_j = jnp.asarray(lr, jnp.float64), jnp.asarray(0.0, jnp.float64), jnp.asarray(0)
+    t_max = jnp.asarray(np.inf if max_time is None else max_time, jnp.float64)
     lrs = []
     while done < steps:
         n = min(record_every, steps - done)
         runner = _gd_chunk(act.fn, act.deriv, n, gamma0, lam, LR_SAFETY, adapt, p)
         params, lr_j, t_j, k_j, chunk_losses, chunk_lrs, phis, gks, ntk, f = runner(
-            params, lr_j, t_j, k_j, x_all, y, f0, c)
+            params, lr_j, t_j, k_j, x_all, y, f0, c, t_max)
+        chunk_losses, chunk_lrs = np.asarray(chunk_losses), np.asarray(chunk_lrs)
+        if max_time is not None and float(t_j) >= max_time:  # drop the no-op steps after t_max
+            n = int(np.count_nonzero(chunk_lrs > 0))
+            chunk_losses, chunk_lrs = chunk_losses[:n], chunk_lrs[:n]
         done += n
-        chunk_losses = np.asarray(chunk_losses)
         losses.append(chunk_losses)
-        lrs.append(np.asarray(chunk_lrs))
+        lrs.append(chunk_lrs)
         if not (np.all(np.isfinite(chunk_losses)) and np.all(np.isfinite(np.asarray(f)))):
             diverged = True
             break

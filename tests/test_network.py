@@ -143,6 +143,26 @@ def test_gd_fixed_point_identities_at_finite_width():
         np.testing.assert_allclose(ntk_form, f, atol=1e-3)
 
 
+def test_gd_max_time_lands_exactly():
+    """``max_time`` stops GD at exactly ``t = max_time`` (last step shortened), whatever ``record_every``:
+    what a comparison with the DMFT at the same training time needs."""
+    ds = small(10, 5)
+    lr = 0.01
+    r = akviz.train_network(ds, width=32, depth=1, gamma0=1.0, weight_decay=0.1, steps=100, lr=lr,
+                            max_time=0.105, record_every=4, dtype="float64")
+    assert r.final_time == 0.105 and r.history["time"][-1] == 0.105
+    assert r.steps == 11 and r.history["step"][-1] == 11 and len(r.history["lr"]) == 11
+    np.testing.assert_allclose(r.history["lr"][:10], lr)
+    assert r.history["lr"][-1] == pytest.approx(0.005, rel=1e-9)
+    # the shortened step is a GD step of size 0.005 from the state after 10 steps
+    a = akviz.train_network(ds, width=32, depth=1, gamma0=1.0, weight_decay=0.1, steps=10, lr=lr,
+                            dtype="float64")
+    b = akviz.train_network(ds, width=32, depth=1, gamma0=1.0, weight_decay=0.1, steps=11, lr=lr,
+                            dtype="float64")
+    for q, qa, qb in zip(r.params, a.params, b.params):
+        np.testing.assert_allclose(np.asarray(q), 0.5 * (np.asarray(qa) + np.asarray(qb)), rtol=1e-10, atol=1e-12)
+
+
 def test_gd_weight_decay_matches_antk():
     """relu depth 1, gamma0=1, lambda=0.5, P=20: GD at N=512 to t=120 vs the aNTK DMFT (500 neurons).
 
