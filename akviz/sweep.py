@@ -89,7 +89,8 @@ class SolutionCache:
         warm_from = None if init is None else float(getattr(init, "gamma0", np.nan))
         return result, {"cached": False, "warm_from": warm_from, "seconds": seconds}
 
-    def prefetch(self, problem: Hashable, gammas, solver: Callable, usable: Callable = lambda r: True) -> None:
+    def prefetch(self, problem: Hashable, gammas, solver: Callable, usable: Callable = lambda r: True,
+                 delay: float = 0.0) -> None:
         """Solve ``gammas`` (in order) in one background thread, each warm-started like :meth:`solve`.
 
         For an interactive slider: after drawing ``gamma0``, prefetch its neighbours so that the
@@ -97,9 +98,12 @@ class SolutionCache:
         started (the user has moved on); the solve in progress finishes and is stored. Values
         already cached or running are skipped. ``solver`` runs outside the caller's thread, so it
         must not touch UI state. Exceptions are recorded in ``prefetch_errors``, never raised.
+        ``delay``: seconds to wait before starting these solves (lets the caller finish drawing
+        first: the solves would compete with it for the CPU).
         """
+        not_before = time.monotonic() + delay
         with self._lock:
-            self._pending = [(problem, float(g), solver, usable) for g in gammas]
+            self._pending = [(problem, float(g), solver, usable, not_before) for g in gammas]
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._work, name="akviz-prefetch", daemon=True)
                 self._worker.start()
@@ -118,11 +122,17 @@ class SolutionCache:
                 if not self._pending:
                     self._worker = None
                     return
-                problem, gamma0, solver, usable = self._pending.pop(0)
-                key = (problem, gamma0)
-                if key in self._items or key in self._inflight:
-                    continue
-                done = self._inflight[key] = threading.Event()
+                problem, gamma0, solver, usable, not_before = self._pending[0]
+                wait = not_before - time.monotonic()
+                if wait <= 0:
+                    self._pending.pop(0)
+                    key = (problem, gamma0)
+                    if key in self._items or key in self._inflight:
+                        continue
+                    done = self._inflight[key] = threading.Event()
+            if wait > 0:  # sleep outside the lock: a newer request may replace this one meanwhile
+                time.sleep(min(wait, 0.1))
+                continue
             try:
                 init = self.nearest(problem, gamma0, usable)
                 self.put(problem, gamma0, solver(gamma0, init))

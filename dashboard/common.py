@@ -186,6 +186,11 @@ ANTK_SECONDS = 20.0
 GAMMA0_MIN, GAMMA0_MAX, GAMMA0_STEP = 0.05, 2.0, 0.05
 
 
+#: Seconds between drawing a slider position and solving its neighbours: the page (and the browser,
+#: when it runs on the same machine) finish drawing before the solves take the CPU.
+PREFETCH_DELAY = 1.5
+
+
 def prefetch_enabled() -> bool:
     """Background solves of the slider's neighbours (off with AKVIZ_PREFETCH=0, e.g. in tests)."""
     return os.environ.get("AKVIZ_PREFETCH", "1") != "0"
@@ -243,7 +248,8 @@ def adaptive(s: Settings, method: str | None = None, gamma0: float | None = None
     line.empty()
     if on_slider and warm and prefetch_enabled():
         # the next slider step becomes a cache hit: solved in the background, warm from this one
-        cache.prefetch(problem, slider_neighbours(gamma0), solver_for(s, method), usable=usable)
+        cache.prefetch(problem, slider_neighbours(gamma0), solver_for(s, method), usable=usable,
+                       delay=PREFETCH_DELAY)
     return result
 
 
@@ -297,10 +303,10 @@ def downloads(name: str, figure=None, result=None):
     if figure is not None:
         cols[0].download_button("Figure (HTML)", figure.to_html(include_plotlyjs="cdn"), f"{name}.html",
                                 mime="text/html", key=f"dl-{name}-html")
-    if result is not None:
-        cols[1].download_button("Result (JSON)", to_json_bytes(result), f"{name}.json",
+    if result is not None:  # serialised on click only (an aNTK result's snapshots take ~1 s per redraw)
+        cols[1].download_button("Result (JSON)", lambda: to_json_bytes(result), f"{name}.json",
                                 mime="application/json", key=f"dl-{name}-json")
-        cols[2].download_button("Arrays (NPZ)", to_npz_bytes(result), f"{name}.npz",
+        cols[2].download_button("Arrays (NPZ)", lambda: to_npz_bytes(result), f"{name}.npz",
                                 mime="application/octet-stream", key=f"dl-{name}-npz")
 
 

@@ -68,6 +68,11 @@ def test_prefetch_solves_in_background_and_a_foreground_solve_waits_for_it():
     assert cache.wait_prefetch(timeout=10)
     assert cache.get("p", 2.0) is None and cache.prefetch_errors[-1][1] == 2.0
     assert "ZeroDivisionError" in cache.prefetch_errors[-1][2] and len(cache.prefetch_errors) == 1
+    # a delayed request that a newer one replaces before its delay has passed is never solved
+    cache.prefetch("p", [3.0], fast, delay=5.0)
+    cache.prefetch("p", [3.5], fast)
+    assert cache.wait_prefetch(timeout=10)
+    assert cache.get("p", 3.0) is None and cache.get("p", 3.5) is not None
 
 
 def test_sweep_chains_warm_starts_reports_progress_and_stops():
