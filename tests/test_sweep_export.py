@@ -46,15 +46,17 @@ def test_cache_is_bounded_lru():
 def test_prefetch_solves_in_background_and_a_foreground_solve_waits_for_it():
     import threading
 
-    cache, calls, release = SolutionCache(max_entries=10), [], threading.Event()
+    cache, calls, started, release = SolutionCache(max_entries=10), [], threading.Event(), threading.Event()
     fast = _fake_solver(calls)
 
     def slow(g, init):  # holds the worker until released: the foreground must wait, not solve again
+        started.set()
         release.wait(10)
         return fast(g, init)
 
     cache.solve("p", 1.0, fast)
     cache.prefetch("p", [1.05, 0.95], slow)
+    assert started.wait(10)  # the background solve of 1.05 is running
     timer = threading.Timer(0.2, release.set)
     timer.start()
     r, info = cache.solve("p", 1.05, fast)
