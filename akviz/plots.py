@@ -40,7 +40,9 @@ def kernel_grid(columns: dict, labels, *, diverging=(), panel_px: int = 380) -> 
     fig = make_subplots(rows=depth, cols=len(kinds), subplot_titles=titles,
                         horizontal_spacing=0.1, vertical_spacing=0.08 / max(depth, 1))
     n = len(order)
-    hover = np.broadcast_to(sorted_labels[:, None].astype(str), (n, n))
+    # the row's class per cell; numeric labels travel as one typed array (a string per cell tripled the figure)
+    cell = (sorted_labels if np.issubdtype(sorted_labels.dtype, np.number) else sorted_labels.astype(str))[:, None]
+    hover = np.ascontiguousarray(np.broadcast_to(cell, (n, n)))
     for c, kind in enumerate(kinds, start=1):
         # One colour scale per kind: layers of one kind compare, kinds differ in scale (NTK > NNGP).
         div = kind in diverging
@@ -48,7 +50,7 @@ def kernel_grid(columns: dict, labels, *, diverging=(), panel_px: int = 380) -> 
         right = fig.layout[f"xaxis{c if c > 1 else ''}"].domain[1]
         for r, k in enumerate(columns[kind], start=1):
             fig.add_trace(go.Heatmap(
-                z=np.asarray(k)[np.ix_(order, order)], zmin=zmin, zmax=zmax,
+                z=np.asarray(k)[np.ix_(order, order)].astype(np.float32), zmin=zmin, zmax=zmax,  # 7 digits drawn
                 colorscale="RdBu_r" if div else "Viridis", showscale=(r == 1),
                 colorbar=dict(thickness=10, x=right + 0.005, xanchor="left"), customdata=hover,
                 hovertemplate="class %{customdata}<br>value %{z:.4g}<extra>" + f"{kind} layer {r}</extra>",

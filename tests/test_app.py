@@ -89,16 +89,17 @@ def test_kernel_explorer_follows_slider_and_method_toggle():
     ds = akviz.load_dataset("digits:3v8", 20, 20, 0)
     fig = _figure(at, "heatmaps")
     expected = akviz.anbk(ds, gamma0=0.5, beta=1.0, activation="linear").kernels_full[0][:20, :20]
-    np.testing.assert_allclose(_heatmap_z(fig, "aNBK Phi layer 1"), _sorted(expected, ds.labels_train), rtol=1e-8)
+    # heatmaps carry float32 (what is drawn); the downloads keep float64
+    np.testing.assert_allclose(_heatmap_z(fig, "aNBK Phi layer 1"), _sorted(expected, ds.labels_train), rtol=1e-6)
     lazy = akviz.nngp(ds.x_train, depth=1, activation="linear")
-    np.testing.assert_allclose(_heatmap_z(fig, "aNBK - NNGP layer 1"),
-                               _sorted(expected - lazy, ds.labels_train), atol=1e-10)
+    diff = _sorted(expected - lazy, ds.labels_train)
+    np.testing.assert_allclose(_heatmap_z(fig, "aNBK - NNGP layer 1"), diff, atol=1e-6 * np.abs(diff).max())
 
     at.sidebar.slider(key="gamma0").set_value(1.5).run()
     assert not at.exception, at.exception
     moved = akviz.anbk(ds, gamma0=1.5, beta=1.0, activation="linear").kernels_full[0][:20, :20]
     np.testing.assert_allclose(_heatmap_z(_figure(at, "heatmaps"), "aNBK Phi layer 1"),
-                               _sorted(moved, ds.labels_train), rtol=1e-8)
+                               _sorted(moved, ds.labels_train), rtol=1e-6)
     assert at.query_params["gamma0"] == "1.5"  # the view is in the URL
 
     at.sidebar.radio(key="method").set_value("antk").run()
@@ -121,7 +122,7 @@ def test_slider_neighbours_are_prefetched_and_then_drawn_from_the_cache(monkeypa
     assert "cached" in solver_line and "warm start" not in solver_line
     moved = akviz.anbk(ds, gamma0=0.75, beta=2.0, activation="linear").kernels_full[0][:20, :20]
     np.testing.assert_allclose(_heatmap_z(_figure(at, "heatmaps"), "aNBK Phi layer 1"),
-                               _sorted(moved, ds.labels_train), rtol=1e-8)
+                               _sorted(moved, ds.labels_train), rtol=1e-6)
     assert not cache.prefetch_errors
 
 
