@@ -77,10 +77,8 @@ from .regression import kernel_ridge, score
 #: ESS (fraction of samples) below which an importance-sampling result is not trusted.
 ESS_FLOOR = 0.05
 #: Chain groups for batch-means standard errors (chains are independent across groups).
-_GROUPS = 16
+_GROUPS = _mcmc.GROUPS
 _MIN_ROUNDS = _mcmc.SNAP_EVERY
-#: Relative eigenvalue cutoff of the kernel square roots (C is singular when P > D).
-_EIG_CUTOFF = 1e-11
 
 
 # ---------------------------------------------------------------- result
@@ -691,7 +689,7 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
     res = {"phi": [float(r) for r in sol["res_phi"]], "dual": [float(r) for r in sol["res_dual"]],
            "mc_error": [float(r) for r in sol["mc_error"]]}
     res["max"] = float(max(res["phi"]))
-    action = _action(phis, duals, y_train, g2, inv_beta, c, act, method, final)
+    action = _action(phis, duals, y_train, g2, inv_beta, c, act, method)
     return ANBKResult(
         kernels=phis, kernels_full=full, duals=duals,
         train_predictions=train_pred, test_predictions=test_pred,
@@ -757,7 +755,7 @@ def _run_hs(act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples, s
     return sol, phis, ms, final, state, full
 
 
-def _action(phis, duals, y, g2, inv_beta, c, act, method, final):
+def _action(phis, duals, y, g2, inv_beta, c, act, method):
     """``S = -1/2 sum Tr(Phi hatPhi) - sum ln Z_l + gamma0^2/2 y^T (Phi^L + I/beta)^-1 y``.
 
     ``ln Z_l`` is exact for the linear network and a Monte Carlo estimate

@@ -60,6 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .anbk_mcmc import EIG_CUTOFF as _EIG_CUTOFF
 from .anbk_mcmc import relative_difference as _rel
 from .anbk_mcmc import sym_sqrt_pinv as _sym_sqrt_pinv
 from .regression import alignment as _alignment
@@ -74,7 +75,6 @@ _SCAN_NODES = 113
 _SCAN_SAMPLES = 192
 #: Integration nodes in the basin.
 _NODES = 40
-_EIG_CUTOFF = 1e-11
 
 
 def thin_factor(k):

@@ -74,7 +74,8 @@ SNAP_EVERY = 6
 ESCAPE = 1e8
 #: A final saddle residual above this is no saddle at all (reported as failure, kernels NaN).
 NO_SADDLE = 0.5
-_EIG_CUTOFF = 1e-11
+#: Relative eigenvalue cutoff of the kernel square roots (C is singular when P > D).
+EIG_CUTOFF = 1e-11
 #: Activations with phi(c h) = c phi(h) for c > 0 (exact radial Gibbs move).
 HOMOGENEOUS = ("relu", "linear")
 #: Precision of the chains (kernel sums and the state are float64).
@@ -85,7 +86,7 @@ def sym_sqrt_pinv(k):
     """Symmetric ``K^{1/2}`` and its pseudo-inverse (eigenvalues below a relative cutoff dropped)."""
     k = 0.5 * (k + k.T)
     lam, vec = jnp.linalg.eigh(k)
-    keep = lam > _EIG_CUTOFF * jnp.maximum(lam[-1], 1e-300)
+    keep = lam > EIG_CUTOFF * jnp.maximum(lam[-1], 1e-300)
     s = jnp.sqrt(jnp.where(keep, lam, 0.0))
     sinv = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
     return (vec * s) @ vec.T, (vec * sinv) @ vec.T
@@ -394,7 +395,7 @@ def _evaluate(state, accum, snaps, y, g, beta, depth):
     res_dual = [relative_difference(ms_fresh[l], ms_state[l]) for l in range(depth)]
     snaps = np.asarray(snaps)  # (K, L, S, P): one snapshot every snap_every rounds
     pool = [snaps[:, l].reshape(-1, p) for l in range(depth)]
-    return {"phis": phis, "ms": ms_state, "estimate": est, "res_phi": res_phi, "res_dual": res_dual,
+    return {"phis": phis, "ms": ms_state, "res_phi": res_phi, "res_dual": res_dual,
             "mc_error": mc_error, "ess": ess, "pool": pool}
 
 

@@ -69,19 +69,15 @@ class SolutionCache:
         for rather than repeated. Returns ``(result, info)`` with
         ``info = {"cached", "warm_from", "seconds"}`` (``"prefetched": True`` when it was waited for).
         """
-        key = (problem, float(gamma0))
         start = time.perf_counter()
         with self._lock:
-            running = self._inflight.get(key)
+            running = self._inflight.get((problem, float(gamma0)))
         if running is not None:
-            running.wait()
-            hit = self.get(problem, gamma0)
-            if hit is not None:
-                return hit, {"cached": True, "prefetched": True, "warm_from": None,
-                             "seconds": time.perf_counter() - start}
+            running.wait()  # a failed background solve stores nothing: then it is solved here
         hit = self.get(problem, gamma0)
         if hit is not None:
-            return hit, {"cached": True, "warm_from": None, "seconds": 0.0}
+            return hit, {"cached": True, "prefetched": running is not None, "warm_from": None,
+                         "seconds": time.perf_counter() - start if running is not None else 0.0}
         init = self.nearest(problem, gamma0, usable)
         result = solver(gamma0, init)
         seconds = time.perf_counter() - start

@@ -296,14 +296,17 @@ def show_status(result, info=None, *, stop_without_kernels: bool = True):
 
 
 def downloads(name: str, figure=None, result=None):
-    """Download buttons: the figure as interactive HTML, the result as JSON and NPZ."""
+    """Download buttons: the figure as interactive HTML, the result as JSON and NPZ.
+
+    Each file is built on click only: an aNTK result's snapshots took ~1 s to serialise at every redraw.
+    """
     from akviz.export import to_json_bytes, to_npz_bytes
 
     cols = st.columns(3)
     if figure is not None:
-        cols[0].download_button("Figure (HTML)", figure.to_html(include_plotlyjs="cdn"), f"{name}.html",
+        cols[0].download_button("Figure (HTML)", lambda: figure.to_html(include_plotlyjs="cdn"), f"{name}.html",
                                 mime="text/html", key=f"dl-{name}-html")
-    if result is not None:  # serialised on click only (an aNTK result's snapshots take ~1 s per redraw)
+    if result is not None:
         cols[1].download_button("Result (JSON)", lambda: to_json_bytes(result), f"{name}.json",
                                 mime="application/json", key=f"dl-{name}-json")
         cols[2].download_button("Arrays (NPZ)", lambda: to_npz_bytes(result), f"{name}.npz",
