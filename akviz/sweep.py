@@ -62,6 +62,18 @@ class SolutionCache:
             return None
         return min(candidates, key=lambda c: c[:2])[2]
 
+    def cached_gammas(self, problem: Hashable) -> list:
+        """The ``gamma0`` values cached for ``problem``, ascending."""
+        with self._lock:
+            return sorted(g for (p, g) in self._items if p == problem)
+
+    def background(self, problem: Hashable) -> dict:
+        """What the background worker does for ``problem``: ``{"running": [gamma0...], "queued": n}``."""
+        with self._lock:
+            running = sorted(g for (p, g) in self._inflight if p == problem)
+            queued = sum(1 for item in self._pending if item[0] == problem and item[:2] not in self._items)
+        return {"running": running, "queued": queued}
+
     def solve(self, problem: Hashable, gamma0: float, solver: Callable, usable: Callable = lambda r: True):
         """Cached result, else ``solver(gamma0, init)`` warm-started from the nearest usable one.
 
@@ -99,7 +111,8 @@ class SolutionCache:
         """
         not_before = time.monotonic() + delay
         with self._lock:
-            self._pending = [(problem, float(g), solver, usable, not_before) for g in gammas]
+            self._pending = [(problem, float(g), solver, usable, not_before) for g in gammas
+                             if (problem, float(g)) not in self._items]
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._work, name="akviz-prefetch", daemon=True)
                 self._worker.start()

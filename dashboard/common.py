@@ -192,18 +192,29 @@ PREFETCH_DELAY = 1.5
 
 
 def prefetch_enabled() -> bool:
-    """Background solves of the slider's neighbours (off with AKVIZ_PREFETCH=0, e.g. in tests)."""
+    """Background solves of the slider range (off with AKVIZ_PREFETCH=0, e.g. in tests)."""
     return os.environ.get("AKVIZ_PREFETCH", "1") != "0"
 
 
-def slider_neighbours(gamma0: float) -> list:
-    """The gamma0 values one slider step up and down (up first: exploring usually goes up)."""
-    out = []
-    for g in (gamma0 + GAMMA0_STEP, gamma0 - GAMMA0_STEP):
-        g = round(g, 6)
-        if GAMMA0_MIN - 1e-9 <= g <= GAMMA0_MAX + 1e-9:
-            out.append(g)
-    return out
+def prefetch_order(gamma0: float, previous: float | None = None) -> list:
+    """Every other slider position, nearest first.
+
+    The neighbours come first, so the next step is a cache hit soonest; the rest of the range
+    follows outward, each solve warm-started from the one before it, so that after a few minutes
+    a jump anywhere is a cache hit too. After a move from ``previous``, positions further in the
+    same direction go first (two steps ahead before one step back): the next move most likely
+    continues. Without a direction, up comes before down.
+    """
+    grid = [round(GAMMA0_MIN + i * GAMMA0_STEP, 6) for i in range(slider_positions())]
+    ahead = 1.0 if previous is None or previous <= gamma0 else -1.0
+
+    def cost(g):
+        steps = abs(g - gamma0) / GAMMA0_STEP
+        if previous is None or previous == gamma0:
+            return steps + (0.5 if (g - gamma0) * ahead < 0 else 0.0)
+        return steps + (1.5 if (g - gamma0) * ahead < 0 else 0.0)
+
+    return sorted((g for g in grid if abs(g - gamma0) > 1e-9), key=lambda g: (round(cost(g), 6), g))
 
 
 def solver_for(s: Settings, method: str, progress=None):
@@ -247,10 +258,44 @@ def adaptive(s: Settings, method: str | None = None, gamma0: float | None = None
     result = cache.solve(problem, gamma0, solver_for(s, method, progress=line.caption), usable=usable)
     line.empty()
     if on_slider and warm and prefetch_enabled():
-        # the next slider step becomes a cache hit: solved in the background, warm from this one
-        cache.prefetch(problem, slider_neighbours(gamma0), solver_for(s, method), usable=usable,
+        # the next slider step becomes a cache hit, then the rest of the range: solved in the
+        # background, each warm from its neighbour, ahead in the direction the slider last moved
+        previous = st.session_state.get("_prefetch_from")
+        previous = previous[1] if previous is not None and previous[0] == problem else None
+        st.session_state["_prefetch_from"] = (problem, gamma0)
+        cache.prefetch(problem, prefetch_order(gamma0, previous), solver_for(s, method), usable=usable,
                        delay=PREFETCH_DELAY)
     return result
+
+
+def slider_positions() -> int:
+    """Number of gamma0 slider positions."""
+    return int(round((GAMMA0_MAX - GAMMA0_MIN) / GAMMA0_STEP)) + 1
+
+
+def prefetch_status(s: Settings, method: str | None = None) -> None:
+    """A line that says how much of the slider range is solved, refreshed every 2 s while solving.
+
+    A lecturer can see when every slider position redraws from the cache.
+    """
+    if not prefetch_enabled():
+        return
+    problem = problem_key(s, method or s.method)
+    total = slider_positions()
+
+    @st.fragment(run_every=2.0)
+    def line():
+        cache = solution_cache()
+        done = sum(1 for g in cache.cached_gammas(problem) if GAMMA0_MIN - 1e-9 <= g <= GAMMA0_MAX + 1e-9)
+        work = cache.background(problem)
+        if work["running"] or work["queued"]:
+            now = f"; solving gamma0 = {work['running'][0]:g} now" if work["running"] else ""
+            st.caption(f"Slider positions solved: {done} of {total}, the rest in the background{now} "
+                       "(a solved position redraws at once).")
+        else:
+            st.caption(f"Slider positions solved: {done} of {total}.")
+
+    line()
 
 
 def diagnostics(result, info=None) -> str:

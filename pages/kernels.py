@@ -26,6 +26,7 @@ st.caption(f"{ds.description}; P = {s.n_train} training points (rows and columns
            f"{s.n_test} test points. Adaptive feature kernels Phi^l beside the lazy NNGP kernels "
            f"(ridge {s.ridge:g}) and their difference.")
 common.show_status(result, info)
+common.prefetch_status(s)
 
 p = s.n_train
 adaptive_layers = [k[:p, :p] for k in result.kernels_full]

@@ -124,6 +124,20 @@ def test_slider_neighbours_are_prefetched_and_then_drawn_from_the_cache(monkeypa
     np.testing.assert_allclose(_heatmap_z(_figure(at, "heatmaps"), "aNBK Phi layer 1"),
                                _sorted(moved, ds.labels_train), rtol=1e-6)
     assert not cache.prefetch_errors
+    # the background went on through the whole slider range, nearest first, and the page says so
+    total = common.slider_positions()
+    assert len(common.prefetch_order(0.7)) == total - 1 == 39
+    assert common.prefetch_order(0.5)[:4] == [0.55, 0.45, 0.6, 0.4]
+    assert common.prefetch_order(0.5, previous=0.45)[:4] == [0.55, 0.6, 0.45, 0.65]  # ahead of the move first
+    assert common.prefetch_order(0.5, previous=0.55)[:4] == [0.45, 0.4, 0.55, 0.35]
+    lines = [c.value for c in at.caption if c.value.startswith("Slider positions solved")]
+    assert lines == [f"Slider positions solved: {total} of {total}."]
+    jump = akviz.anbk(ds, gamma0=2.0, beta=2.0, activation="linear").kernels_full[0][:20, :20]
+    at.sidebar.slider(key="gamma0").set_value(2.0).run()
+    solver_line = next(c.value for c in at.caption if c.value.startswith("Solver:"))
+    assert "cached" in solver_line and "warm start" not in solver_line  # a jump to the far end: a cache hit
+    np.testing.assert_allclose(_heatmap_z(_figure(at, "heatmaps"), "aNBK Phi layer 1"),
+                               _sorted(jump, ds.labels_train), rtol=1e-6)
 
 
 def test_url_state_restores_a_view_and_ignores_bad_values():

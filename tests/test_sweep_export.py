@@ -57,6 +57,7 @@ def test_prefetch_solves_in_background_and_a_foreground_solve_waits_for_it():
     cache.solve("p", 1.0, fast)
     cache.prefetch("p", [1.05, 0.95], slow)
     assert started.wait(10)  # the background solve of 1.05 is running
+    assert cache.background("p") == {"running": [1.05], "queued": 1} and cache.background("q")["queued"] == 0
     timer = threading.Timer(0.2, release.set)
     timer.start()
     r, info = cache.solve("p", 1.05, fast)
@@ -65,6 +66,7 @@ def test_prefetch_solves_in_background_and_a_foreground_solve_waits_for_it():
     assert [c for c in calls if c[0] != 1.0] == [(1.05, 1.0), (0.95, 1.0)]  # each solved once, warm from 1.0
     _, info = cache.solve("p", 0.95, fast)
     assert info["cached"] and len(calls) == 3
+    assert cache.cached_gammas("p") == [0.95, 1.0, 1.05] and cache.background("p") == {"running": [], "queued": 0}
     # a new request replaces the pending ones; cached values are skipped; failures are recorded
     cache.prefetch("p", [1.0, 2.0], lambda g, init: 1 / 0)
     assert cache.wait_prefetch(timeout=10)
