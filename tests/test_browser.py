@@ -75,6 +75,9 @@ def test_slider_redraws_heatmap_in_real_browser(server, tmp_path):
                                arg=before, timeout=180_000)
         after = page.evaluate(FIRST_HEATMAP)
         assert "gamma0=0.55" in page.url
+        # the rest of the slider range is solved in the background; the live line (a fragment that
+        # reruns every 2 s, with no user action) counts up to the whole range
+        page.get_by_text("Slider positions solved: 40 of 40.").wait_for(timeout=180_000)
         page.wait_for_timeout(1000)
         shot = tmp_path / "slider.png"
         page.screenshot(path=str(shot), full_page=True)
