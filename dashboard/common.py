@@ -207,14 +207,12 @@ def prefetch_order(gamma0: float, previous: float | None = None) -> list:
     """
     grid = [round(GAMMA0_MIN + i * GAMMA0_STEP, 6) for i in range(slider_positions())]
     ahead = 1.0 if previous is None or previous <= gamma0 else -1.0
+    back = 0.5 if previous is None or previous == gamma0 else 1.5  # extra cost, in steps, of going back
 
     def cost(g):
-        steps = abs(g - gamma0) / GAMMA0_STEP
-        if previous is None or previous == gamma0:
-            return steps + (0.5 if (g - gamma0) * ahead < 0 else 0.0)
-        return steps + (1.5 if (g - gamma0) * ahead < 0 else 0.0)
+        return round(abs(g - gamma0) / GAMMA0_STEP + (back if (g - gamma0) * ahead < 0 else 0.0), 6)
 
-    return sorted((g for g in grid if abs(g - gamma0) > 1e-9), key=lambda g: (round(cost(g), 6), g))
+    return sorted((g for g in grid if abs(g - gamma0) > 1e-9), key=lambda g: (cost(g), g))
 
 
 def solver_for(s: Settings, method: str, progress=None):
