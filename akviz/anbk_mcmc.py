@@ -78,7 +78,7 @@ from .regression import alignment
 
 #: Independent chain groups for batch-means standard errors.
 GROUPS = 16
-#: Rounds between chain snapshots (the evaluate phase's sample for the test-point kernels).
+#: Rounds between chain snapshots (the samples of the test-point kernels and preactivation densities).
 SNAP_EVERY = 6
 #: Chain snapshots of the averaging phases kept for the test-point kernels (evenly thinned beyond it).
 POOL_SNAPSHOTS = 64
@@ -117,7 +117,7 @@ def proposal_noise(key, shape, dtype=CHAIN_DTYPE):
     """Standard normal draws of ``shape`` from a counter-based hash seeded by ``key``.
 
     Why not ``jax.random.normal``: threefry costs ~7 ns a number on the CPU, which made it two
-    thirds of a MALA round (2048 chains x 100 points); hashing a counter costs a third of that.
+    thirds of a MALA round (2048 chains x 100 points); hashing a counter costs a third to a half.
     Two 32-bit seed words come from ``key`` (threefry), so every call draws a fresh stream;
     within a call the hash is a bijection of distinct counters. Uniforms with 24 bits, mapped
     through the inverse error function. Its moments, tail and independence across calls are
