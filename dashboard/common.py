@@ -335,7 +335,11 @@ def show_status(result, info=None, *, stop_without_kernels: bool = True):
         if stop_without_kernels:
             st.stop()
     elif not result.converged:
-        st.warning(f"This result did not converge, so read the figures below with care. {result.message}")
+        hint = ""
+        if getattr(result, "method", None) == "mala":  # the library's advice names arguments the page does not have
+            hint = (f" Here each aNBK solve runs {ANBK_PASSES} averaging pass(es) (the library default is 3); "
+                    "more Monte Carlo samples in the sidebar lower the noise.")
+        st.warning(f"This result did not converge, so read the figures below with care. {result.message}{hint}")
 
 
 def downloads(name: str, figure=None, result=None):

@@ -222,6 +222,21 @@ def test_failed_solve_is_not_drawn(monkeypatch):
     assert not [c for c in at.get("plotly_chart") if "heatmaps" in c.proto.id]
 
 
+def test_unconverged_solve_is_drawn_with_a_warning_the_page_can_act_on(monkeypatch):
+    """A relu aNBK solve that misses tol (forced: tol 1e-9) is drawn under a warning naming the page's controls."""
+    import functools
+
+    monkeypatch.setattr(akviz, "anbk", functools.partial(akviz.anbk, tol=1e-9))
+    at = _app(n_train=20, n_test=20, activation="relu", gamma0=0.3, samples=1000).run()
+    assert not at.exception, at.exception
+    assert not at.error
+    text = at.warning[0].value
+    assert "did not converge" in text and "saddle residual" in text
+    assert "1 averaging pass(es)" in text and "Monte Carlo samples in the sidebar" in text
+    z = _heatmap_z(_figure(at, "heatmaps"), "aNBK Phi layer 1")
+    assert z.shape == (20, 20) and np.all(np.isfinite(z))
+
+
 def test_network_page_trains_and_compares():
     at = _small_app("pages/network.py", method="antk", weight_decay=0.1)
     at.select_slider(key="net_width").set_value(256)
