@@ -82,8 +82,6 @@ GROUPS = 16
 SNAP_EVERY = 6
 #: Chain snapshots of the averaging phases kept for the test-point kernels (evenly thinned beyond it).
 POOL_SNAPSHOTS = 64
-#: Where the test-point kernels' samples come from: the averaging phases ("closed loop") or the evaluation.
-POOL_FROM = "average"
 #: |u|^2 beyond which a chain has run away (the prior's tail is at |u|^2 ~ P).
 ESCAPE = 1e8
 #: A final saddle residual above this is no saddle at all (reported as failure, kernels NaN).
@@ -140,9 +138,10 @@ def mcmc_functions(phi, dphi, depth: int, n_inner: int, homogeneous: bool):
     def tilt(u, r, m):
         """Inner layer: log target ``-|u|^2/2 + phi^T M phi / 2`` (``m = M``) and its gradient."""
         h = u @ r
-        back = phi(h) @ m
+        f = phi(h)
+        back = f @ m
         grad = -u + (dphi(h) * back) @ r  # r symmetric
-        return -0.5 * jnp.sum(u * u, axis=-1) + 0.5 * jnp.sum(phi(h) * back, axis=-1), grad
+        return -0.5 * jnp.sum(u * u, axis=-1) + 0.5 * jnp.sum(f * back, axis=-1), grad
 
     def readout(u, r, m):
         """Last layer (``m = gamma0 a``): ``f = phi(h)`` and ``v = (phi'(h) m) R`` at ``u``.
@@ -237,14 +236,14 @@ def mcmc_functions(phi, dphi, depth: int, n_inner: int, homogeneous: bool):
         ms.append(g * a)
         return [q[0] for q in roots], ms
 
-    def rounds(state, consts, keys, etas, gs, adapt, average, snap_every, keep):
+    def rounds(state, consts, keys, etas, gs, adapt, average, snap_every, moments):
         """``len(keys)`` rounds; returns the new state and per-round diagnostics.
 
         state: dict(u (L,S,P), eps (L,), phis (L,P,P), suu (L,P,P));
         consts: dict(r1, y, inv_beta); ``etas``, ``gs``: Robbins-Monro step and gamma0 per round.
         ``average``: accumulate Polyak sums (and chain-group sums) of the chain estimates.
-        ``keep`` (static; the evaluate phase): also the second moments behind the effective sample
-        fraction, and one chain snapshot every ``snap_every`` rounds.
+        ``moments`` (static; the evaluate phase): also the second moments behind the effective
+        sample fraction. Returns one chain snapshot every ``snap_every`` rounds as well.
         """
         r1, y, inv_beta = consts["r1"], consts["y"], consts["inv_beta"]
         s, p = state["u"].shape[1], y.shape[0]
@@ -264,7 +263,7 @@ def mcmc_functions(phi, dphi, depth: int, n_inner: int, homogeneous: bool):
                 us.append(u), epss.append(e), rates.append(rate), grp.append(gk)
                 ests.append(jnp.mean(gk, axis=0))
                 uus.append((u.T @ u).astype(jnp.float64) / s)
-                if keep:  # second moments only where they are used: the evaluate phase's sample sizes
+                if moments:  # second moments only where they are used: the evaluate phase's sample sizes
                     sq.append(jnp.einsum("si,sj->ij", f * f, f * f).astype(jnp.float64) / s)
             est, uu = jnp.stack(ests), jnp.stack(uus)
             new = {"u": jnp.stack(us), "eps": jnp.stack(epss),
@@ -273,7 +272,7 @@ def mcmc_functions(phi, dphi, depth: int, n_inner: int, homogeneous: bool):
             w = jnp.where(average, 1.0, 0.0)
             acc = {"n": acc["n"] + w, "phi": acc["phi"] + w * est, "uu": acc["uu"] + w * uu,
                    "grp": acc["grp"] + w * jnp.stack(grp),
-                   "sq": acc["sq"] + w * jnp.stack(sq) if keep else acc["sq"]}
+                   "sq": acc["sq"] + w * jnp.stack(sq) if moments else acc["sq"]}
             u2 = jnp.max(jnp.sum(new["u"] ** 2, axis=-1), axis=-1)
             diag = {"rate": jnp.stack(rates), "u2max": u2,
                     "change": jnp.linalg.norm((est - st["phis"]).reshape(depth, -1), axis=-1)
@@ -282,7 +281,7 @@ def mcmc_functions(phi, dphi, depth: int, n_inner: int, homogeneous: bool):
 
         def block(carry, inp):  # snap_every rounds, then one snapshot of the chains
             carry, diag = jax.lax.scan(one, carry, inp)
-            return carry, (diag, carry[0]["u"] if keep else None)
+            return carry, (diag, carry[0]["u"])
 
         zeros = jnp.zeros((depth, p, p))
         acc0 = {"n": 0.0, "phi": zeros, "uu": zeros, "grp": jnp.zeros((depth, groups, p, p)), "sq": zeros}
@@ -339,27 +338,28 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
     out, polyak, t_avg = None, None, 0
     closed = []  # chain snapshots of the averaging phases, (L, S, P) each
 
-    def run(n, eta_fn, adapt, acc, keep=False, chunk=24, g_fn=lambda t: g):
+    def run(n, eta_fn, adapt, acc, moments=False, chunk=24, g_fn=lambda t: g, snapshots=False):
         """n rounds, in chunks of ``chunk``: a run-away stops early, and every phase length reuses
-        the same two compiled programs (with and without ``keep``)."""
+        the same two compiled programs (with and without ``moments``). Returns the sums, the last
+        chunk's diagnostics and (``snapshots``) the chain snapshots as a list of (L, S, P) arrays."""
         nonlocal key, state
         if n > chunk:
             sums, shots = None, []
             for k in range(0, n, chunk):
-                accum, diag, snaps = run(min(chunk, n - k), lambda t, k=k: eta_fn(t + k), adapt, acc, keep,
-                                         chunk, lambda t, k=k: g_fn(t + k))
+                accum, diag, snaps = run(min(chunk, n - k), lambda t, k=k: eta_fn(t + k), adapt, acc, moments,
+                                         chunk, lambda t, k=k: g_fn(t + k), snapshots)
                 sums = accum if sums is None else jax.tree_util.tree_map(lambda x, z: x + z, sums, accum)
-                shots.append(snaps)
+                shots += snaps
                 if escaped(diag):
                     break
-            return sums, diag, (jnp.concatenate(shots) if keep else None)
+            return sums, diag, shots
         n = -(-n // snap_every) * snap_every
         key, sub = jax.random.split(key)
         etas = jnp.asarray(np.array([eta_fn(t) for t in range(n)], float))
         gs = jnp.asarray(np.array([g_fn(t) for t in range(n)], float))
         state, accum, diag, snaps = fn(state, consts, jax.random.split(sub, n), etas, gs, adapt, acc, snap_every,
-                                       keep)
-        return accum, {k: np.asarray(v) for k, v in diag.items()}, snaps
+                                       moments)
+        return accum, {k: np.asarray(v) for k, v in diag.items()}, (list(np.asarray(snaps)) if snapshots else [])
 
     def escaped(diag):
         u2 = diag["u2max"]
@@ -379,8 +379,9 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
         # Robbins-Monro continues (decreasing step) and the Polyak average runs over every pass so far;
         # the state never jumps to a single noisy estimate: near the edge of normalisability the map
         # Phi -> <phi phi^T> is steep along the task direction and would amplify that noise
-        accum, diag, shots = run(n_avg, lambda t, t0=t_avg: eta0 / (1.0 + (t + t0) / 10.0), True, True, keep=True)
-        closed.extend(np.asarray(shots))
+        accum, diag, shots = run(n_avg, lambda t, t0=t_avg: eta0 / (1.0 + (t + t0) / 10.0), True, True,
+                                 snapshots=True)
+        closed.extend(shots)
         while len(closed) > 2 * POOL_SNAPSHOTS:  # evenly spaced over all averaging rounds, bounded memory
             closed = closed[1::2]
         if escaped(diag):
@@ -391,11 +392,11 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
         state["phis"] = polyak["phi"] / polyak["n"]
         state["suu"] = polyak["uu"] / polyak["n"]
         # evaluate at the frozen state on fresh rounds
-        accum, diag, snaps = run(evaluate * grow, lambda t: 0.0, False, True, keep=True)
+        accum, diag, _ = run(evaluate * grow, lambda t: 0.0, False, True, moments=True)
         if escaped(diag):
             message = _escape_message(g, diag)
             break
-        out = _evaluate(state, accum, snaps, y, g, beta, depth)
+        out = _evaluate(state, accum, y, g, beta, depth)
         rec = {"iteration": it, "residual": max(out["res_phi"]), "residual_phi": out["res_phi"],
                "residual_dual": out["res_dual"], "mc_error": out["mc_error"], "ess": out["ess"],
                "acceptance": [float(x) for x in diag["rate"].mean(0)],
@@ -415,12 +416,11 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
                    "(chains drifting far out): use a smaller gamma0 or a larger beta.")
     if out is None or "normalise" in message:  # never return the kernels of a run-away state
         return _failed(depth, p, message, history)
-    if POOL_FROM == "average":
-        # the test-point kernels (and the train block beside them) from the averaging phases, where
-        # far-out chains are pulled back by the kernels they grow (module docstring)
-        pick = np.linspace(0, len(closed) - 1, min(len(closed), POOL_SNAPSHOTS)).round().astype(int)
-        shots = np.stack([closed[i] for i in pick])
-        out["pool"] = [shots[:, l].reshape(-1, p) for l in range(depth)]
+    # the test-point kernels (and the train block beside them) from the averaging phases, where
+    # far-out chains are pulled back by the kernels they grow (module docstring)
+    pick = np.linspace(0, len(closed) - 1, min(len(closed), POOL_SNAPSHOTS)).round().astype(int)
+    shots = np.stack([closed[i] for i in pick])
+    pool = [shots[:, l].reshape(-1, p) for l in range(depth)]
     noise = max(out["mc_error"])
     if converged:
         message = (f"converged in {len(history)} evaluation(s): saddle residual {max(out['res_phi']):.1e} on fresh "
@@ -434,11 +434,11 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
     return {"converged": converged, "message": message, "iterations": len(history), "history": history,
             "phis": out["phis"], "ms": out["ms"], "res_phi": out["res_phi"], "res_dual": out["res_dual"],
             "mc_error": out["mc_error"], "ess": out["ess"], "state": st,
-            "final": {"pool": out["pool"], "w": [np.full(len(q), 1.0 / len(q)) for q in out["pool"]],
+            "final": {"pool": pool, "w": [np.full(len(q), 1.0 / len(q)) for q in pool],
                       "ms": out["ms"]}}
 
 
-def _evaluate(state, accum, snaps, y, g, beta, depth):
+def _evaluate(state, accum, y, g, beta, depth):
     """Residuals, standard errors and effective sample sizes of one evaluate phase."""
     p = y.shape[0]
     n = float(accum["n"])
@@ -463,10 +463,8 @@ def _evaluate(state, accum, snaps, y, g, beta, depth):
     ms_state, ms_fresh = tilts(phis, np.asarray(state["suu"])), tilts(est, suu)
     res_phi = [relative_difference(est[l], phis[l]) for l in range(depth)]
     res_dual = [relative_difference(ms_fresh[l], ms_state[l]) for l in range(depth)]
-    snaps = np.asarray(snaps)  # (K, L, S, P): one snapshot every snap_every rounds
-    pool = [snaps[:, l].reshape(-1, p) for l in range(depth)]
     return {"phis": phis, "ms": ms_state, "res_phi": res_phi, "res_dual": res_dual,
-            "mc_error": mc_error, "ess": ess, "pool": pool}
+            "mc_error": mc_error, "ess": ess}
 
 
 def _escape_message(g, diag):
