@@ -205,7 +205,7 @@ def prefetch_order(gamma0: float, previous: float | None = None) -> list:
     same direction go first (two steps ahead before one step back): the next move most likely
     continues. Without a direction, up comes before down.
     """
-    grid = [round(GAMMA0_MIN + i * GAMMA0_STEP, 6) for i in range(slider_positions())]
+    grid = slider_grid()
     ahead = 1.0 if previous is None or previous <= gamma0 else -1.0
     back = 0.5 if previous is None or previous == gamma0 else 1.5  # extra cost, in steps, of going back
 
@@ -266,25 +266,27 @@ def adaptive(s: Settings, method: str | None = None, gamma0: float | None = None
     return result
 
 
-def slider_positions() -> int:
-    """Number of gamma0 slider positions."""
-    return int(round((GAMMA0_MAX - GAMMA0_MIN) / GAMMA0_STEP)) + 1
+def slider_grid() -> list:
+    """The gamma0 slider's positions (rounded as the cache keys are)."""
+    n = int(round((GAMMA0_MAX - GAMMA0_MIN) / GAMMA0_STEP)) + 1
+    return [round(GAMMA0_MIN + i * GAMMA0_STEP, 6) for i in range(n)]
 
 
 def prefetch_status(s: Settings, method: str | None = None) -> None:
-    """A line that says how much of the slider range is solved, refreshed every 2 s while solving.
+    """A line that says how much of the slider range is solved, refreshed every 2 s.
 
     A lecturer can see when every slider position redraws from the cache.
     """
     if not prefetch_enabled():
         return
     problem = problem_key(s, method or s.method)
-    total = slider_positions()
+    grid = set(slider_grid())
+    total = len(grid)
 
     @st.fragment(run_every=2.0)
     def line():
         cache = solution_cache()
-        done = sum(1 for g in cache.cached_gammas(problem) if GAMMA0_MIN - 1e-9 <= g <= GAMMA0_MAX + 1e-9)
+        done = sum(1 for g in cache.cached_gammas(problem) if g in grid)
         work = cache.background(problem)
         if work["running"] or work["queued"]:
             now = f"; solving gamma0 = {work['running'][0]:g} now" if work["running"] else ""

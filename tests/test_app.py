@@ -125,7 +125,7 @@ def test_slider_neighbours_are_prefetched_and_then_drawn_from_the_cache(monkeypa
                                _sorted(moved, ds.labels_train), rtol=1e-6)
     assert not cache.prefetch_errors
     # the background went on through the whole slider range, nearest first, and the page says so
-    total = common.slider_positions()
+    total = len(common.slider_grid())
     assert len(common.prefetch_order(0.7)) == total - 1 == 39
     assert common.prefetch_order(0.5)[:4] == [0.55, 0.45, 0.6, 0.4]
     assert common.prefetch_order(0.5, previous=0.45)[:4] == [0.55, 0.6, 0.45, 0.65]  # ahead of the move first
