@@ -46,18 +46,26 @@ sees a non-normalisable density on the way and fails. Checked against
 Langevin-sampled networks (digits 3-vs-8, P = 100, relu, depth 1): see the
 README for the figures.
 
-The limit of this solver is Monte Carlo noise near that edge: the few chains
-far out along the task direction are metastable (the same chains stay there
-through a phase), so their number fluctuates from group to group. At
-``gamma0 >= 1`` on digits the effective sample fraction is ~1% and the
-kernel's standard error ~5% at 2048 chains, and the map
-``Phi -> <phi phi^T>`` is steep along that direction, so the residual stays
-at a few times the standard error. The result then says ``converged=False``
-with both figures. Tried and measured here without a gain: Hamiltonian
-trajectories (8 leapfrog steps) for the last layer (ESS 1.3%), and
-a stratified xi grid with thermodynamic integration for ``log Z(xi)`` (1%
-error and converged at ``gamma0 = 0.5``, but at ``gamma0 = 1`` the grid
-weights of the heavy xi tail amplify small biases and the iteration diverged).
+The limit of this solver is that edge itself. At ``gamma0 >= 1`` on digits
+the marginal of the Hubbard-Stratonovich field has an exponential tail
+(``E_xi[gamma0 a . phi] ~ xi + 0.6`` for ``xi << 0``, at ``beta = 1``): chains
+out there are slow to come back, the effective sample fraction is ~1% and the
+kernel's standard error ~5% at 2048 chains. And the map ``Phi -> <phi phi^T>``
+is steep along the task direction: ``benchmarks/anbk_edge.py`` measured a
+slope of -30 to -70 (relative units) at ``gamma0 = 1``, ``beta = 1``, with the
+saddle on that line 0.3-0.5% from the Polyak state, whose residual at
+equilibrium is ~0.1 (two independent estimators). A residual below 1e-2
+would need the state within ~1e-4 of the saddle, far below its Monte Carlo
+precision (two seeds: 0.6%). The result then says ``converged=False`` with
+both figures. Tried and measured here without a gain: Hamiltonian
+trajectories (8 leapfrog steps) for the last layer (ESS 1.3%);
+a stratified xi grid with thermodynamic integration for ``log Z(xi)`` as the
+solver's map (1% error and converged at ``gamma0 = 0.5``, but at
+``gamma0 = 1`` the grid weights of the heavy xi tail amplify small biases and
+the iteration diverged; it serves as an independent check in the benchmark);
+Stein control variates (the score, and its quadratic terms along the top
+directions) in the evaluation (standard error 6.1% -> 4.4% at best); smaller
+Robbins-Monro steps (``eta0 = 0.05``: the chains run away during the ramp).
 
 A chain state that is non-finite or beyond ``|u|^2 > ESCAPE`` means the
 tilted density does not normalise for this ``gamma0`` and ``beta``: the
