@@ -273,27 +273,37 @@ def slider_grid() -> list:
 
 
 def prefetch_status(s: Settings, method: str | None = None) -> None:
-    """A line that says how much of the slider range is solved, refreshed every 2 s.
+    """A line that says how much of the slider range is solved, refreshed every 2 s while the
+    background works.
 
-    A lecturer can see when every slider position redraws from the cache.
+    A lecturer can see when every slider position redraws from the cache. Once the background
+    is idle the line stops polling: the fragment that saw it finish reruns the page once, which
+    draws the line without the timer. Only when more positions are solved than at the last such
+    rerun: positions whose solve failed are queued again by the rerun, and must not start a
+    cycle of reruns.
     """
     if not prefetch_enabled():
         return
     problem = problem_key(s, method or s.method)
     grid = set(slider_grid())
     total = len(grid)
+    cache = solution_cache()
+    work = cache.background(problem)
+    busy = bool(work["running"] or work["queued"])
 
-    @st.fragment(run_every=2.0)
+    @st.fragment(run_every=2.0 if busy else None)
     def line():
-        cache = solution_cache()
         done = sum(1 for g in cache.cached_gammas(problem) if g in grid)
-        work = cache.background(problem)
-        if work["running"] or work["queued"]:
-            now = f"; solving gamma0 = {work['running'][0]:g} now" if work["running"] else ""
+        now_work = cache.background(problem)
+        if now_work["running"] or now_work["queued"]:
+            now = f"; solving gamma0 = {now_work['running'][0]:g} now" if now_work["running"] else ""
             st.caption(f"Slider positions solved: {done} of {total}, the rest in the background{now} "
                        "(a solved position redraws at once).")
-        else:
-            st.caption(f"Slider positions solved: {done} of {total}.")
+            return
+        st.caption(f"Slider positions solved: {done} of {total}.")
+        if busy and st.session_state.get("_prefetch_settled") != (problem, done):
+            st.session_state["_prefetch_settled"] = (problem, done)
+            st.rerun()  # redraw the page once, so that this line stops polling
 
     line()
 

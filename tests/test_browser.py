@@ -63,6 +63,8 @@ def test_slider_redraws_heatmap_in_real_browser(server, tmp_path):
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        sent = []  # the browser's websocket messages to the server (reruns, widget changes)
+        page.on("websocket", lambda ws: ws.on("framesent", lambda frame: sent.append(frame)))
         page.goto(server + "/" + query)
         page.wait_for_function(f"({FIRST_HEATMAP})() !== null", timeout=180_000)
         page.wait_for_timeout(3000)  # let the first run finish before touching a widget
@@ -76,9 +78,13 @@ def test_slider_redraws_heatmap_in_real_browser(server, tmp_path):
         after = page.evaluate(FIRST_HEATMAP)
         assert "gamma0=0.55" in page.url
         # the rest of the slider range is solved in the background; the live line (a fragment that
-        # reruns every 2 s, with no user action) counts up to the whole range
+        # reruns every 2 s while the background works, with no user action) counts up to the whole range
         page.get_by_text("Slider positions solved: 40 of 40.").wait_for(timeout=180_000)
         page.wait_for_timeout(1000)
+        # and then it stops polling: no message to the server in 6 s (it polled every 2 s before)
+        quiet_from = len(sent)
+        page.wait_for_timeout(6000)
+        assert len(sent) == quiet_from, f"{len(sent) - quiet_from} messages after the range was solved"
         shot = tmp_path / "slider.png"
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
