@@ -177,9 +177,15 @@ def problem_key(s: Settings, method: str) -> tuple:
 #: whether it converged.
 ANBK_PASSES = 1
 
-#: Wall-clock budget of one aNTK solve in the dashboard: the relu DMFT approaches its fixed
-#: point slowly, and a lecture cannot wait; a solve that runs out says so (converged=False).
-ANTK_SECONDS = 20.0
+#: Integrator steps of one aNTK solve in the dashboard: the relu DMFT approaches its fixed point
+#: slowly, and a lecture cannot wait; a solve that runs out says so (converged=False). A step
+#: budget, not a wall-clock one, so that a position gives the same kernels on any machine and
+#: whether it was solved in the foreground or beside the background solves. Each takes about
+#: 20 s on 2 idle cores at the default size (a deep step is a whole fixed-point iteration).
+ANTK_STEPS = 1000
+ANTK_DEEP_STEPS = 100
+#: Safety net on a slow machine (then the result does depend on the machine, and says so).
+ANTK_SECONDS = 90.0
 
 
 #: The gamma0 slider's range and step.
@@ -232,7 +238,9 @@ def solver_for(s: Settings, method: str, progress=None):
             progress(f"DMFT time t = {rec['time']:.3g} (step {rec['step']}), train loss {rec['train_loss']:.3g}")
 
     return lambda g, init: akviz.antk(ds, gamma0=g, weight_decay=s.weight_decay, depth=s.depth,
-                                      activation=s.activation, seed=s.seed, init=init, max_seconds=ANTK_SECONDS,
+                                      activation=s.activation, seed=s.seed, init=init,
+                                      max_steps=ANTK_STEPS if s.depth == 1 else ANTK_DEEP_STEPS,
+                                      max_seconds=ANTK_SECONDS,
                                       callback=report_dmft, **extra)
 
 
