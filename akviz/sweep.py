@@ -33,6 +33,8 @@ class SolutionCache:
         self._inflight: dict = {}  # key -> threading.Event, set when that solve has been stored
         self._pending: list = []  # prefetch requests not started yet (only the latest call's)
         self._worker: Optional[threading.Thread] = None
+        self._foreground = 0  # foreground solves computing now (not waiting for a background one)
+        self._foreground_done = threading.Condition(self._lock)
         self.prefetch_errors: list = []  # (problem, gamma0, repr(exception)) of failed background solves
 
     def __len__(self):
@@ -91,7 +93,14 @@ class SolutionCache:
             return hit, {"cached": True, "prefetched": running is not None, "warm_from": None,
                          "seconds": time.perf_counter() - start if running is not None else 0.0}
         init = self.nearest(problem, gamma0, usable)
-        result = solver(gamma0, init)
+        with self._lock:
+            self._foreground += 1
+        try:
+            result = solver(gamma0, init)
+        finally:
+            with self._lock:
+                self._foreground -= 1
+                self._foreground_done.notify_all()
         seconds = time.perf_counter() - start
         self.put(problem, gamma0, result)
         warm_from = None if init is None else float(getattr(init, "gamma0", np.nan))
@@ -116,6 +125,18 @@ class SolutionCache:
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._work, name="akviz-prefetch", daemon=True)
                 self._worker.start()
+
+    def yield_to_foreground(self) -> None:
+        """For a solver's progress callback: in the background thread, wait while a foreground solve
+        computes, so that the solve someone waits for gets the CPU (the paused solve resumes
+        unchanged); anywhere else, return at once. A foreground solve that waits for a background
+        one of the same key does not count, so the two never wait for each other.
+        """
+        if threading.current_thread() is not self._worker:
+            return
+        with self._foreground_done:
+            while self._foreground > 0:
+                self._foreground_done.wait(1.0)
 
     def wait_prefetch(self, timeout: Optional[float] = None) -> bool:
         """Wait until the background queue is empty; True if it emptied within ``timeout`` seconds."""

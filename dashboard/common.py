@@ -184,8 +184,9 @@ ANBK_PASSES = 1
 #: 20 s on 2 idle cores at the default size (a deep step is a whole fixed-point iteration).
 ANTK_STEPS = 1000
 ANTK_DEEP_STEPS = 100
-#: Safety net on a slow machine (then the result does depend on the machine, and says so).
-ANTK_SECONDS = 90.0
+#: Safety net on a slow machine (then the result does depend on the machine, and says so). Generous:
+#: the time a background solve spends paused for foreground ones counts towards it.
+ANTK_SECONDS = 300.0
 
 
 #: The gamma0 slider's range and step.
@@ -225,8 +226,11 @@ def solver_for(s: Settings, method: str, progress=None):
     """``solver(gamma0, init)`` for the current settings; ``progress(text)`` receives solver progress."""
     ds = dataset(**s.data)
     extra = {} if s.samples == "auto" else {"samples": int(s.samples)}
+    cache = solution_cache()  # taken here, in the script's thread: the callbacks may run in the background's
+
     if method == "anbk":
         def report(iteration, state):
+            cache.yield_to_foreground()
             if progress is not None:
                 progress(f"aNBK iteration {iteration}")
 
@@ -234,6 +238,7 @@ def solver_for(s: Settings, method: str, progress=None):
                                           seed=s.seed, init=init, callback=report, max_iter=ANBK_PASSES, **extra)
 
     def report_dmft(rec):
+        cache.yield_to_foreground()  # a background solve pauses while a foreground one computes
         if progress is not None:
             progress(f"DMFT time t = {rec['time']:.3g} (step {rec['step']}), train loss {rec['train_loss']:.3g}")
 

@@ -79,6 +79,37 @@ def test_prefetch_solves_in_background_and_a_foreground_solve_waits_for_it():
     assert cache.get("p", 3.0) is None and cache.get("p", 3.5) is not None
 
 
+def test_background_solve_pauses_while_a_foreground_solve_computes():
+    import threading
+    import time
+
+    cache, steps, running = SolutionCache(max_entries=10), [], threading.Event()
+
+    def background(g, init):  # 60 steps of 10 ms, yielding at each like the dashboard's callbacks
+        for _ in range(60):
+            cache.yield_to_foreground()
+            steps.append(time.monotonic())
+            running.set()
+            time.sleep(0.01)
+        return SimpleNamespace(gamma0=g)
+
+    def foreground(g, init):
+        cache.yield_to_foreground()  # outside the background thread: returns at once
+        begin = time.monotonic()
+        time.sleep(0.4)
+        return SimpleNamespace(gamma0=g, span=(begin, time.monotonic()))
+
+    cache.prefetch("p", [1.0], background)
+    assert running.wait(10)
+    r, info = cache.solve("p", 2.0, foreground)
+    assert not info["cached"]
+    begin, end = r.span
+    # at most the step in progress when the foreground began; none in the rest of its 0.4 s
+    assert [t for t in steps if begin + 0.05 < t < end] == []
+    assert cache.wait_prefetch(timeout=10) and cache.get("p", 1.0) is not None and len(steps) == 60
+    assert steps[-1] > end  # it resumed and finished afterwards
+
+
 def test_sweep_chains_warm_starts_reports_progress_and_stops():
     calls, seen = [], []
     results = sweep(_fake_solver(calls), [0.5, 1.0, 1.6, 2.0], progress=lambda *a: seen.append(a[:3]))
