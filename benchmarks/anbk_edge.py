@@ -6,7 +6,9 @@ solver's state ``Phi`` with the tilt frozen (``m = gamma0 a``, ``a = (Phi + I/be
 1. ``F(Phi) = <phi phi^T>`` two independent ways:
 
    * *chains*: persistent MALA chains with the exact draw of the Hubbard-Stratonovich field
-     ``xi | u ~ N(m . phi, 1)`` (the solver's own evaluation), restarted from the solver's chains;
+     ``xi | u ~ N(m . phi, 1)``, restarted from the solver's chains. The step is the solver's, written
+     out again here on purpose, with threefry normals and a step size that keeps adapting: a
+     check of the solver's compiled program rather than a run of it;
    * *stratified*: chains at fixed ``xi`` on a grid (given ``xi`` the tilt is linear and the
      chains mix fast), weighted by ``p(xi) ∝ N(xi; 0, 1) Z(xi)`` with
      ``d log Z / d xi = E_xi[s]``, ``d^2 log Z / d xi^2 = Var_xi[s]``, ``s = m . phi``
@@ -33,12 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import akviz
+from akviz.anbk_mcmc import relative_difference as rel
 from akviz.anbk_mcmc import sym_sqrt_pinv
 from akviz.kernels import input_kernel
-
-
-def rel(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def chain_runner(r, steps):
