@@ -80,7 +80,7 @@ def main():
     gammas = [1.0] if args.quick else [0.5, 1.0, 2.0]
     lams = [0.1] if args.quick else [0.01, 0.1]
     budget = 15.0 if args.quick else args.euler_seconds
-    antk(ds, gamma0=1.0, weight_decay=0.1, samples=args.samples, max_steps=2)  # compile
+    antk(ds, gamma0=1.0, weight_decay=0.1, samples=args.samples, max_steps=2, fixed_point_iterations=50)  # compile
     cases = []
     for lam in lams:
         prev = None
@@ -94,6 +94,7 @@ def main():
             case = {
                 "gamma0": g, "weight_decay": lam,
                 "antk_seconds_cold": cold.seconds, "antk_steps": cold.iterations,
+                "antk_fixed_point_iterations": cold.fixed_point_iterations,
                 "antk_converged": cold.converged, "antk_feature_gap": cold.feature_gap,
                 "antk_ntk_gap": cold.ntk_gap, "antk_residual": cold.residual,
                 "antk_message": cold.message,

@@ -177,12 +177,14 @@ def problem_key(s: Settings, method: str) -> tuple:
 #: whether it converged.
 ANBK_PASSES = 1
 
-#: Integrator steps of one aNTK solve in the dashboard: the relu DMFT approaches its fixed point
-#: slowly, and a lecture cannot wait; a solve that runs out says so (converged=False). A step
-#: budget, not a wall-clock one, so that a position gives the same kernels on any machine and
-#: whether it was solved in the foreground or beside the background solves. Each takes about
-#: 20 s on 2 idle cores at the default size (a deep step is a whole fixed-point iteration).
+#: Budgets of one aNTK solve in the dashboard: integrator steps (depth 1 hands over to L-BFGS after
+#: 300 of them from the initialisation, after one chunk of 25 from a warm start; a deep step is a
+#: whole fixed-point iteration) and L-BFGS iterations of the depth-1 fixed-point phase. The relu
+#: DMFT approaches its fixed point slowly, and a lecture cannot wait; a solve that runs out says so
+#: (converged=False). Budgets in steps, not seconds, so that a position gives the same kernels on
+#: any machine and whether it was solved in the foreground or beside the background solves.
 ANTK_STEPS = 1000
+ANTK_FIXED_POINT_ITERATIONS = 500
 ANTK_DEEP_STEPS = 100
 #: Safety net on a slow machine (then the result does depend on the machine, and says so). Generous:
 #: the time a background solve spends paused for foreground ones counts towards it.
@@ -239,12 +241,18 @@ def solver_for(s: Settings, method: str, progress=None):
 
     def report_dmft(rec):
         cache.yield_to_foreground()  # a background solve pauses while a foreground one computes
-        if progress is not None:
+        if progress is None:
+            return
+        if rec.get("phase") == "fixed point":
+            progress(f"DMFT fixed point: L-BFGS iteration {rec['fixed_point_iteration']} of at most "
+                     f"{ANTK_FIXED_POINT_ITERATIONS}, train loss {rec['train_loss']:.3g}")
+        else:
             progress(f"DMFT time t = {rec['time']:.3g} (step {rec['step']}), train loss {rec['train_loss']:.3g}")
 
     return lambda g, init: akviz.antk(ds, gamma0=g, weight_decay=s.weight_decay, depth=s.depth,
                                       activation=s.activation, seed=s.seed, init=init,
                                       max_steps=ANTK_STEPS if s.depth == 1 else ANTK_DEEP_STEPS,
+                                      fixed_point_iterations=ANTK_FIXED_POINT_ITERATIONS,
                                       max_seconds=ANTK_SECONDS,
                                       callback=report_dmft, **extra)
 
