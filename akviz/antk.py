@@ -731,6 +731,8 @@ def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, se
 
     fp_iterations, fp_history = 0, []
     if switch:
+        if rec_t[-1] != float(st.t):
+            record(st)  # the integrator's last state; the fixed point follows at the same time
         def report(s, it):
             _, Phi_s, _, f_s = observe(s.A, s.z, s.M, s.d, h0, Cx_all, gamma0)
             f_s = np.asarray(f_s)

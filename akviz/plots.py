@@ -144,7 +144,9 @@ def dmft_animation(times, snapshots, train_loss, test_loss, alignment, labels, *
     """Animated DMFT trajectory: the kernel heatmap, the loss curves and the alignment over time.
 
     Args:
-      times: record times ``t_k`` (> 0 after the first), ``(K,)``.
+      times: record times ``t_k`` (> 0 after the first), ``(K,)``. A last time equal to the one
+        before it is the fixed point reached after the dynamics (the aNTK's L-BFGS phase): its
+        frame is named "fixed point".
       snapshots: ``(K, n, n)`` kernels at those times (training block), sorted by ``labels`` here.
       train_loss, test_loss, alignment: ``(K,)`` curves, drawn up to the current frame.
       baselines: ``{name: test loss}`` drawn as dashed lines on the loss panel.
@@ -174,7 +176,12 @@ def dmft_animation(times, snapshots, train_loss, test_loss, alignment, labels, *
     for name, value in (baselines or {}).items():
         fig.add_trace(go.Scatter(x=[t_plot.min(), t_plot.max()], y=[value, value], mode="lines", name=name,
                                  line=dict(dash="dash")), row=1, col=2)
-    fig.frames = [go.Frame(data=traces(k), traces=[0, 1, 2, 3], name=f"{times[k]:.4g}") for k in keep]
+    def frame_name(k):  # frame names must be unique: the slider animates by name
+        if k == len(times) - 1 and k > 0 and times[k] == times[k - 1]:
+            return f"{times[k]:.4g} (fixed point)"
+        return f"{times[k]:.4g}"
+
+    fig.frames = [go.Frame(data=traces(k), traces=[0, 1, 2, 3], name=frame_name(k)) for k in keep]
     fig.update_xaxes(type="log", title_text="time t", range=[np.log10(t_plot.min()), np.log10(t_plot.max())],
                      row=1, col=2)
     fig.update_xaxes(type="log", title_text="time t", range=[np.log10(t_plot.min()), np.log10(t_plot.max())],

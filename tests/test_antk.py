@@ -8,6 +8,7 @@ import scipy.linalg
 
 import akviz
 from akviz.antk import antk
+from akviz.plots import dmft_animation
 
 
 def small(n_train=20, n_test=10, seed=0):
@@ -316,6 +317,11 @@ def test_tanh_fixed_point_phase_reaches_the_fixed_point_equations():
     r = antk(ds, max_steps=300, **kw)
     assert r.converged, r.message
     assert r.fixed_point_iterations > 0 and "L-BFGS" in r.message
+    # the trajectory ends with the integrator's last state and the fixed point, both at its final time
+    assert r.record_times[-1] == r.record_times[-2] == r.final_time
+    frames = dmft_animation(r.record_times, r.snapshots_phi[:, :30, :30], r.record_train_loss,
+                            r.record_test_loss, r.record_alignment, ds.labels_train).frames
+    assert frames[-1].name.endswith("(fixed point)") and len({f.name for f in frames}) == len(frames)
     p = ds.x_train.shape[0]
     st = r.state
     h = st["d"] * st["h0"] + st["A"] @ r.C[:p]

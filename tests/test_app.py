@@ -204,6 +204,8 @@ def test_dmft_page_animates_the_trajectory():
     assert len(fig["frames"]) >= 5
     last = fig["frames"][-1]["data"][0]
     assert _array(last["z"]).shape == (20, 20)
+    names = [f["name"] for f in fig["frames"]]
+    assert len(set(names)) == len(names)  # the slider animates by name
     table = at.dataframe[0].value
     assert {"DMFT output", "feature form", "NTK form"} <= set(table["predictor"])
 
