@@ -573,7 +573,11 @@ def antk(dataset, *, gamma0: float, weight_decay: float, depth: int = 1, activat
       tol: converged when DMFT output and feature form agree to ``tol`` (relative,
         train+test): the convergence test of THEORY.md 4.2.
       residual_tol: optionally also require the features' fixed-point residual
-        ``max(|h - T_h(h,z)|/|h|, |z - T_z|/|z|)`` below it (the NTK form needs it).
+        ``max(|h - T_h(h,z)|/|h|, |z - T_z|/|z|)`` below it (the NTK form needs it). The gap
+        alone tests the stationarity of ``z``, which L-BFGS reaches before that of ``h``:
+        measured (relu, default problem), a warm start from gamma0 = 1 at 1.1 that began the
+        smoothing at its sharp end met ``tol=1e-4`` after 50 iterations (2-4 s) with its test
+        predictions still 0.8-1.3% from the converged ones, as far as the neighbour's.
         Depth ``>= 2`` always requires it (default ``sqrt(tol)``).
       max_time: training-time horizon ``t`` (default ``1e4 / lambda``).
       max_steps: most accepted integrator steps.
