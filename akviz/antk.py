@@ -720,14 +720,16 @@ def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, se
                              "residual": float(s.hres), "feature_gap_train": float(s.res)})
         return None
 
-    def full_gap(s):
-        """Feature-form gap on train+test: |f_DMFT - Phi(., X)(Phi + lambda I)^-1 y| / |f_DMFT|."""
-        _, Phi, _, f = observe(s.A, s.z, s.M, s.d, h0, Cx_all, gamma0)
-        Phi, f = np.asarray(Phi), np.asarray(f)
+    def assess(s):
+        """From one observation of a population: ``(gap, residual, Phi, f)``, the feature-form gap on
+        train+test ``|f_DMFT - Phi(., X)(Phi + lambda I)^-1 y| / |f_DMFT|`` and the fixed-point residual."""
+        h, Phi, _, f = (np.asarray(v) for v in observe(s.A, s.z, s.M, s.d, h0, Cx_all, gamma0))
         if not (np.all(np.isfinite(Phi)) and np.all(np.isfinite(f))):
-            return float("nan")
+            return float("nan"), float("nan"), Phi, f
         tr, te = _kernel_predict(Phi, y_train, lam, p)
-        return _rel_gap(np.concatenate([tr, te]), f)
+        m_x = np.asarray(s.M) if relu else np.asarray(act.deriv(jnp.asarray(h[:, :p])))
+        residual = fixed_point_residual(h, np.asarray(s.z), m_x, f[:p], y_train, C_full, gamma0, lam, act.fn)
+        return _rel_gap(np.concatenate([tr, te]), f), residual, Phi, f
 
     record(st)
     inner_tol = 0.5 * tol
@@ -738,7 +740,7 @@ def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, se
         times.extend(np.asarray(tt)[keep]); losses.extend(np.asarray(tl)[keep])
         resids.extend(np.asarray(trs)[keep]); dts.extend(np.asarray(tdt)[keep])
         if bool(st.res <= inner_tol) and bool(st.hres <= residual_tol) and not bool(st.bad):
-            gap = full_gap(st)
+            gap = assess(st)[0]
             if gap <= tol or inner_tol < 1e-4 * tol:
                 break
             inner_tol *= 0.25  # the test block lags the train block: tighten and go on
@@ -756,20 +758,15 @@ def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, se
     if switch:
         if rec_t[-1] != float(st.t):
             record(st)  # the integrator's last state; the fixed point follows at the same time
-        def report(s, it):
-            _, Phi_s, _, f_s = observe(s.A, s.z, s.M, s.d, h0, Cx_all, gamma0)
-            f_s = np.asarray(f_s)
+        def report(s, it, Phi_s, f_s):
             info = {"time": float(s.t), "step": int(s.steps) + it, "train_loss": mse(f_s[:p], y_train),
-                    "test_loss": mse(f_s[p:], y_test), "alignment": _alignment(np.asarray(Phi_s)[:p, :p], y_train),
+                    "test_loss": mse(f_s[p:], y_test), "alignment": _alignment(Phi_s[:p, :p], y_train),
                     "phase": "fixed point", "fixed_point_iteration": it}
             return None if callback is None else callback(info)
 
         st, fp_iterations, fp_history, stopped = _fixed_point_phase(
-            st, act, C_full, p, y_train, gamma0, lam, tol, residual_tol, fixed_point_iterations,
-            gap_of=full_gap,
-            residual_of=lambda s: fixed_point_residual(*_population_arrays(observe, s, h0, Cx_all, gamma0, act),
-                                                       y_train, C_full, gamma0, lam, act.fn),
-            interrupt=lambda s, it: interruption(start, max_seconds, lambda: report(s, it)))
+            st, act, C_full, p, y_train, gamma0, lam, tol, residual_tol, fixed_point_iterations, assess=assess,
+            interrupt=lambda s, it, Phi_s, f_s: interruption(start, max_seconds, lambda: report(s, it, Phi_s, f_s)))
         notes.append(f"then {fp_iterations} L-BFGS iterations of the fixed-point phase")
 
     # Final kernels, predictors, exact fixed-point residual.
@@ -781,9 +778,7 @@ def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, se
     if finite:
         if not rec_t or rec_t[-1] != float(st.t) or fp_iterations:
             record(st)  # the fixed-point phase's result is the last snapshot, at the integrator's final time
-        residual = fixed_point_residual(*_population_arrays(observe, st, h0, Cx_all, gamma0, act),
-                                        y_train, C_full, gamma0, lam, act.fn)
-        gap = full_gap(st)
+        gap, residual = assess(st)[:2]
     else:
         residual = float("nan")
     converged = finite and gap <= tol and (residual_tol == np.inf or residual <= 10 * residual_tol)
@@ -838,16 +833,8 @@ def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, se
     )
 
 
-def _population_arrays(observe, s, h0, Cx_all, gamma0, act):
-    """``(h, z, phi'(h_X), f_X)`` of a population state, as NumPy arrays (for the residual)."""
-    h, _, _, f = observe(s.A, s.z, s.M, s.d, h0, Cx_all, gamma0)
-    h, p = np.asarray(h), s.M.shape[1]
-    m_x = np.asarray(s.M) if act.name == "relu" else np.asarray(act.deriv(jnp.asarray(h[:, :p])))
-    return h, np.asarray(s.z), m_x, np.asarray(f)[:p]
-
-
-def _fixed_point_phase(st, act, C_full, p, y, gamma0, lam, tol, residual_tol, max_iterations, *, gap_of,
-                       residual_of, interrupt):
+def _fixed_point_phase(st, act, C_full, p, y, gamma0, lam, tol, residual_tol, max_iterations, *, assess,
+                       interrupt):
     """L-BFGS on the energy (:func:`_energy_value_and_grad`) from the integrator's population.
 
     relu: the energy is not smooth where a neuron's preactivation crosses 0, and at its fixed point
@@ -858,7 +845,9 @@ def _fixed_point_phase(st, act, C_full, p, y, gamma0, lam, tol, residual_tol, ma
     ``phi'(h) = sigmoid(beta h)`` in ``[0, 1]``: away from the kink that is ``1[h > 0]``, on it the
     fraction of a sliding neuron (as the integrator's Filippov selection), which ``G`` uses too.
 
-    Checks every ``FIXED_POINT_CHUNK`` iterations: done when the feature-form gap is below ``tol``
+    Checks every ``FIXED_POINT_CHUNK`` iterations (``assess(state) -> (gap, residual, Phi, f)``, one
+    observation, which ``interrupt(state, iteration, Phi, f)`` reuses for the callback): done when the
+    feature-form gap is below ``tol``
     and the fixed-point residual below ``residual_tol``; a stage ends early when the line search
     finds no decrease. Returns ``(state, iterations, history, stopped)``: the population as an
     integrator state with ``d = 0`` (:func:`population_coordinates`).
@@ -887,14 +876,13 @@ def _fixed_point_phase(st, act, C_full, p, y, gamma0, lam, tol, residual_tol, ma
         while int(ls.iterations) < budget:
             ls = run(ls, min(FIXED_POINT_CHUNK, budget - int(ls.iterations)), args)
             s = as_state(ls.x, beta)
-            gap = gap_of(s)
-            residual = residual_of(s) if math.isfinite(gap) else float("nan")
+            gap, residual, Phi_s, f_s = assess(s)
             history.append({"iteration": total + int(ls.iterations), "energy": float(ls.f), "feature_gap": float(gap),
                             "residual": float(residual), "smoothing": float(beta)})
             done = not math.isfinite(gap) or (gap <= tol and residual <= residual_tol)
             if done or bool(ls.stalled):
                 break
-            stopped = interrupt(s, total + int(ls.iterations))
+            stopped = interrupt(s, total + int(ls.iterations), Phi_s, f_s)
             if stopped:
                 break
         theta, total = ls.x, total + int(ls.iterations)
