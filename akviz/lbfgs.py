@@ -62,9 +62,10 @@ def _direction(st: LBFGSState):
     q, alpha = jax.lax.fori_loop(0, memory, back, (st.g, jnp.zeros_like(st.rho)))
     newest = (st.slot - 1) % memory
     yy = jnp.dot(st.y[newest], st.y[newest])
-    scale = jnp.where(st.rho[newest] > 0, 1.0 / jnp.where(st.rho[newest] > 0, st.rho[newest] * yy, 1.0), 0.0)
-    # no pair yet: a first step of length 1 / |g| (scale-free start)
-    scale = jnp.where(st.rho[newest] > 0, scale, 1.0 / jnp.maximum(jnp.linalg.norm(st.g), 1e-300))
+    has_pair = st.rho[newest] > 0
+    # gamma = s.y / y.y; no pair yet: a first step of length 1 / |g| (scale-free start)
+    scale = jnp.where(has_pair, 1.0 / jnp.where(has_pair, st.rho[newest] * yy, 1.0),
+                      1.0 / jnp.maximum(jnp.linalg.norm(st.g), 1e-300))
     r = scale * q
 
     def forward(i, r):
