@@ -103,6 +103,29 @@ searches stopped at lasso objectives 0.1-0.2% apart whose test predictions
 differ by 0.011-0.015 RMS: the multi-start search misses directions that
 would still grow, so it cannot yet certify the fixed point.
 
+How close relu's predictions are to the fixed point (digits 3-vs-8, P=100 + 200 test, S=4000,
+lambda=0.1, gamma0=1.1, measured against a warm solve of 3000 iterations at ``tol=1e-7``: gap
+3.1e-6, residual 3.1e-3, test MSE 0.0977; distances are relative norms of the test predictions):
+
+* the fixed point itself is well determined: two cold solves of 3000 iterations, seeds 0 and 1,
+  land 0.21% and 0.14% from it;
+* the feature-form gap is a weak test for relu: a warm solve from gamma0=1 stopped by
+  ``tol=1e-4`` (383 iterations, 9.5 s) is 0.56% away, the gamma0=1 solution 0.96%; with the full
+  continuation and a fixed budget, 500 / 1000 / 2000 iterations give 0.93-0.94% / 0.64-0.70% /
+  0.18-0.33% (10-15 / 18-29 / 37-54 s, L-BFGS memory 5-20). Starting the continuation at
+  ``beta`` = 300, 1000 or 3000 instead of 100 leaves it in the neighbour's basin (0.76-0.97% after
+  500-1000 iterations);
+* the dashboard's budgets (300 steps cold, 25 warm, then 500 iterations): a cold solve is 1.5-1.7%
+  from a cold one of 3000 iterations (gamma0 = 1 and 1.5); warm solves along the slider keep
+  converging, and a chain of ten warm solves 1.0 -> 1.5 in steps of 0.05 ends 0.43% from it (test
+  MSE 0.0994 against 0.0992 tight). Between gamma0 = 1 and 1.5 the tight predictions move 1.5%;
+* what is slow: the directions of the surviving neurons. A lasso over the population's own
+  directions (``mu = lambda / gamma0``, module docstring above; 3000 FISTA iterations, 0.9 s) moves
+  the ``tol=1e-4`` solve only from 0.56% to 0.46-0.55% (20000 / 3000 iterations), but continuing the
+  smoothing on its ~700 active neurons alone (the others set to their fixed-point value 0) reaches
+  0.17-0.26% in 750-1000 further iterations of 4-10 ms each. Not adopted: neurons set to 0 never
+  revive in a later warm start, and from the neighbour's population it reached only 0.51%.
+
 Depth ``>= 2`` (THEORY.md 4.3) is **EXPERIMENTAL**: see :mod:`akviz.antk_deep`
 (validated against the closed-form fixed point of the linear activation at
 depth 2; depth 3 does not converge yet).

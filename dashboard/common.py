@@ -181,7 +181,9 @@ ANBK_PASSES = 1
 #: 300 of them from the initialisation, after one chunk of 25 from a warm start; a deep step is a
 #: whole fixed-point iteration) and L-BFGS iterations of the depth-1 fixed-point phase. The relu
 #: DMFT approaches its fixed point slowly, and a lecture cannot wait; a solve that runs out says so
-#: (converged=False). Budgets in steps, not seconds, so that a position gives the same kernels on
+#: (converged=False). Measured (relu, default problem, lambda 0.1): a cold solve's test predictions
+#: are 1.5-1.7% from a 3000-iteration one; warm solves along the slider keep converging (0.43% after
+#: ten steps of 0.05). Budgets in steps, not seconds, so that a position gives the same kernels on
 #: any machine and whether it was solved in the foreground or beside the background solves.
 ANTK_STEPS = 1000
 ANTK_FIXED_POINT_ITERATIONS = 500
