@@ -28,11 +28,15 @@ Prints JSON.
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # akviz from this checkout (it is not installed)
 
 import akviz
 from akviz.anbk_mcmc import relative_difference as rel

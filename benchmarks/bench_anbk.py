@@ -13,11 +13,15 @@ stationarity map evaluated on that method's own fixed samples. Not a test.
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # akviz from this checkout (it is not installed)
 
 import akviz
 from akviz.kernels import input_kernel, lazy_kernels

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # akviz from this checkout (it is not installed)
 
 import akviz
 from akviz.antk import _sample_population, antk
@@ -115,7 +119,7 @@ def main():
                          if not e_ok else ""),
             }
             cases.append(case)
-            print(json.dumps(case), flush=True, file=__import__("sys").stderr)
+            print(json.dumps(case), flush=True, file=sys.stderr)
     print(json.dumps({"benchmark": "antk", "tol": args.tol, "samples": args.samples,
                       "devices": [str(d) for d in jax.devices()], "cases": cases}, indent=1))
 

@@ -10,7 +10,11 @@ second call (the first includes JIT compilation). Not a test.
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # akviz from this checkout (it is not installed)
 
 import akviz
 

@@ -37,9 +37,13 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # akviz from this checkout (it is not installed)
 
 import akviz
 import akviz.network as network
