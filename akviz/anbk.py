@@ -581,7 +581,10 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
       init: a previous :class:`ANBKResult` on the same data and depth (warm start:
         kernels, duals and MALA chains are reused; neighbouring ``gamma0`` values
         solve in a few iterations).
-      callback: ``callback(iteration, state_dict)``; returning ``False`` stops.
+      callback: ``callback(iteration, state_dict)`` after each iteration (its ``history`` record);
+        ``"mala"`` also calls it after every chunk of 24 rounds with ``{"iteration", "phase"
+        ("relaxing", "averaging" or "evaluating"), "round", "seconds"}``. Returning ``False``
+        stops; a stop before the first evaluation returns no kernels (``converged=False``).
       method: ``"auto"`` (``"exact"`` for linear, else ``"mala"``), ``"exact"`` (linear only),
         ``"hs"``, ``"mala"`` or ``"is"``.
       rounds: ``"mala"`` only: Robbins-Monro rounds (each 4 MALA steps of every chain) of the

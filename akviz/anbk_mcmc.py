@@ -352,11 +352,14 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
     history, converged, message = [], False, ""
     out, polyak, t_avg = None, None, 0
     closed = []  # chain snapshots of the averaging phases, (L, S, P) each
+    progress = {"iteration": 1, "phase": "relaxing", "stop": False}
 
     def run(n, eta_fn, adapt, acc, moments=False, chunk=24, g_fn=lambda t: g, snapshots=False):
         """n rounds, in chunks of ``chunk``: a run-away stops early, and every phase length reuses
         the same two compiled programs (with and without ``moments``). Returns the sums, the last
-        chunk's diagnostics and (``snapshots``) the chain snapshots as a list of (L, S, P) arrays."""
+        chunk's diagnostics and (``snapshots``) the chain snapshots as a list of (L, S, P) arrays.
+        After each chunk the callback hears of it (``phase``, ``round``), so that a caller can show
+        progress, pause (the dashboard's background solves) or stop within a pass."""
         nonlocal key, state
         if n > chunk:
             sums, shots = None, []
@@ -365,7 +368,7 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
                                          chunk, lambda t, k=k: g_fn(t + k), snapshots)
                 sums = accum if sums is None else jax.tree_util.tree_map(lambda x, z: x + z, sums, accum)
                 shots += snaps
-                if escaped(diag):
+                if escaped(diag) or progress["stop"]:
                     break
             return sums, diag, shots
         n = -(-n // snap_every) * snap_every
@@ -374,13 +377,20 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
         gs = jnp.asarray(np.array([g_fn(t) for t in range(n)], float))
         state, accum, diag, snaps = fn(state, consts, jax.random.split(sub, n), etas, gs, adapt, acc, snap_every,
                                        moments)
+        if callback is not None and not progress["stop"]:
+            progress["round"] = progress.get("round", 0) + n
+            info = {"iteration": progress["iteration"], "phase": progress["phase"], "round": progress["round"],
+                    "seconds": time.perf_counter() - start}
+            progress["stop"] = callback(progress["iteration"], info) is False
         return accum, {k: np.asarray(v) for k, v in diag.items()}, (list(np.asarray(snaps)) if snapshots else [])
 
     def escaped(diag):
         u2 = diag["u2max"]
         return (not np.all(np.isfinite(u2))) or u2.max() > ESCAPE or not np.all(np.isfinite(np.asarray(state["phis"])))
 
+    stopped = "stopped by the callback."
     for it in range(1, max_iter + 1):
+        progress.update(iteration=it, phase="relaxing")
         # relax (first pass only), then average: the state becomes the Polyak average
         if it == 1 and relax > 0:
             # gamma0 ramps up from the start's value: the kernels keep up with the chains
@@ -389,6 +399,10 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
             if escaped(diag):
                 message = _escape_message(g, diag)
                 break
+            if progress["stop"]:
+                message = stopped
+                break
+        progress["phase"] = "averaging"
         grow = min(2 ** (it - 1), 4)  # later passes average and evaluate longer: noise ~ 1/sqrt(rounds)
         n_avg = average * grow
         # Robbins-Monro continues (decreasing step) and the Polyak average runs over every pass so far;
@@ -402,14 +416,21 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
         if escaped(diag):
             message = _escape_message(g, diag)
             break
+        if progress["stop"]:  # the last evaluation (if any) stays the result
+            message = stopped
+            break
         t_avg += n_avg
         polyak = accum if polyak is None else jax.tree_util.tree_map(lambda x, z: x + z, polyak, accum)
         state["phis"] = polyak["phi"] / polyak["n"]
         state["suu"] = polyak["uu"] / polyak["n"]
         # evaluate at the frozen state on fresh rounds
+        progress["phase"] = "evaluating"
         accum, diag, _ = run(evaluate * grow, lambda t: 0.0, False, True, moments=True)
         if escaped(diag):
             message = _escape_message(g, diag)
+            break
+        if progress["stop"]:
+            message = stopped
             break
         out = _evaluate(state, accum, y, g, beta, depth)
         rec = {"iteration": it, "residual": max(out["res_phi"]), "residual_phi": out["res_phi"],
@@ -419,7 +440,7 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
                "rounds": int(relax * (it == 1) + (n_avg + evaluate) * grow), "seconds": time.perf_counter() - start}
         history.append(rec)
         if callback is not None and callback(it, rec) is False:
-            message = "stopped by the callback."
+            message = stopped
             break
         if max(out["res_phi"]) < tol:
             converged = True
@@ -430,7 +451,7 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
                    f"{max(out['mc_error']):.1e}; the tilted density probably does not normalise at gamma0 = {g:.3g} "
                    "(chains drifting far out): use a smaller gamma0 or a larger beta.")
     if out is None or "normalise" in message:  # never return the kernels of a run-away state
-        return _failed(depth, p, message, history)
+        return _failed(depth, p, message + (" No evaluation was completed." if message == stopped else ""), history)
     # the test-point kernels (and the train block beside them) from the averaging phases, where
     # far-out chains are pulled back by the kernels they grow (module docstring)
     pick = np.linspace(0, len(closed) - 1, min(len(closed), POOL_SNAPSHOTS)).round().astype(int)

@@ -234,9 +234,11 @@ def solver_for(s: Settings, method: str, progress=None):
 
     if method == "anbk":
         def report(iteration, state):
-            cache.yield_to_foreground()
+            cache.yield_to_foreground()  # the MALA solver reports every chunk of rounds: pauses come often
             if progress is not None:
-                progress(f"aNBK iteration {iteration}")
+                phase = state.get("phase")
+                progress(f"aNBK pass {iteration}: {phase}, round {state['round']}" if phase else
+                         f"aNBK iteration {iteration} done")
 
         return lambda g, init: akviz.anbk(ds, gamma0=g, beta=s.beta, depth=s.depth, activation=s.activation,
                                           seed=s.seed, init=init, callback=report, max_iter=ANBK_PASSES, **extra)

@@ -293,3 +293,28 @@ def test_mala_proposal_noise_is_standard_normal_and_fresh_per_key():
     assert abs(lag) < 0.02
     again = np.asarray(proposal_noise(keys[0], (500, 100)), float)
     np.testing.assert_array_equal(again, z[0])  # a key fixes its draws (reproducible seeds)
+
+
+def test_mala_callback_hears_each_chunk_and_can_stop_within_a_pass():
+    """The MALA solver reports every chunk of rounds (so the dashboard's background solves can pause
+    within a pass); returning False there stops it, keeping only a completed evaluation's kernels."""
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    calls = []
+    res = anbk(ds, gamma0=0.2, beta=1.0, samples=512, max_iter=1, callback=lambda it, s: calls.append((it, dict(s))))
+    assert np.isfinite(res.kernels).all(), res.message
+    chunks, last = [s for _, s in calls[:-1]], calls[-1][1]
+    phases = [s["phase"] for s in chunks]
+    assert "residual" in last and all("residual" not in s for s in chunks)
+    for name in ("relaxing", "averaging", "evaluating"):
+        assert phases.count(name) >= 2, phases
+    assert phases == sorted(phases, key=["relaxing", "averaging", "evaluating"].index)
+    assert all(b["round"] > a["round"] for a, b in zip(chunks, chunks[1:]))
+
+    first = anbk(ds, gamma0=0.2, beta=1.0, samples=512, max_iter=1,
+                 callback=lambda it, s: s.get("phase") != "averaging")
+    assert not first.converged and "stopped by the callback" in first.message
+    assert "No evaluation" in first.message and np.isnan(first.kernels).all()
+    second = anbk(ds, gamma0=0.2, beta=1.0, samples=512, max_iter=2, tol=1e-9,
+                  callback=lambda it, s: not (it == 2 and s.get("phase") == "averaging"))
+    assert not second.converged and "stopped by the callback" in second.message
+    assert second.iterations == 1 and np.isfinite(second.kernels).all()
