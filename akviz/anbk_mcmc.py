@@ -352,7 +352,7 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
     history, converged, message = [], False, ""
     out, polyak, t_avg = None, None, 0
     closed = []  # chain snapshots of the averaging phases, (L, S, P) each
-    progress = {"iteration": 1, "phase": "relaxing", "stop": False}
+    progress = {"iteration": 1, "phase": "relaxing", "round": 0, "stop": False}
 
     def run(n, eta_fn, adapt, acc, moments=False, chunk=24, g_fn=lambda t: g, snapshots=False):
         """n rounds, in chunks of ``chunk``: a run-away stops early, and every phase length reuses
@@ -378,7 +378,7 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
         state, accum, diag, snaps = fn(state, consts, jax.random.split(sub, n), etas, gs, adapt, acc, snap_every,
                                        moments)
         if callback is not None and not progress["stop"]:
-            progress["round"] = progress.get("round", 0) + n
+            progress["round"] += n
             info = {"iteration": progress["iteration"], "phase": progress["phase"], "round": progress["round"],
                     "seconds": time.perf_counter() - start}
             progress["stop"] = callback(progress["iteration"], info) is False
@@ -389,6 +389,10 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
         return (not np.all(np.isfinite(u2))) or u2.max() > ESCAPE or not np.all(np.isfinite(np.asarray(state["phis"])))
 
     stopped = "stopped by the callback."
+
+    def halt(diag):
+        """Why the passes must end after a phase (chains ran away, or the callback stopped), else ''."""
+        return _escape_message(g, diag) if escaped(diag) else stopped if progress["stop"] else ""
     for it in range(1, max_iter + 1):
         progress.update(iteration=it, phase="relaxing")
         # relax (first pass only), then average: the state becomes the Polyak average
@@ -396,11 +400,8 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
             # gamma0 ramps up from the start's value: the kernels keep up with the chains
             ramp = max(1.0, 0.7 * relax)
             _, diag, _ = run(relax, lambda t: eta0, True, False, g_fn=lambda t: g_from + (g - g_from) * min(1.0, (t + 1) / ramp))
-            if escaped(diag):
-                message = _escape_message(g, diag)
-                break
-            if progress["stop"]:
-                message = stopped
+            message = halt(diag)
+            if message:
                 break
         progress["phase"] = "averaging"
         grow = min(2 ** (it - 1), 4)  # later passes average and evaluate longer: noise ~ 1/sqrt(rounds)
@@ -413,11 +414,8 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
         closed.extend(shots)
         while len(closed) > 2 * POOL_SNAPSHOTS:  # evenly spaced over all averaging rounds, bounded memory
             closed = closed[1::2]
-        if escaped(diag):
-            message = _escape_message(g, diag)
-            break
-        if progress["stop"]:  # the last evaluation (if any) stays the result
-            message = stopped
+        message = halt(diag)
+        if message:  # the last evaluation (if any) stays the result of a stop
             break
         t_avg += n_avg
         polyak = accum if polyak is None else jax.tree_util.tree_map(lambda x, z: x + z, polyak, accum)
@@ -426,11 +424,8 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
         # evaluate at the frozen state on fresh rounds
         progress["phase"] = "evaluating"
         accum, diag, _ = run(evaluate * grow, lambda t: 0.0, False, True, moments=True)
-        if escaped(diag):
-            message = _escape_message(g, diag)
-            break
-        if progress["stop"]:
-            message = stopped
+        message = halt(diag)
+        if message:
             break
         out = _evaluate(state, accum, y, g, beta, depth)
         rec = {"iteration": it, "residual": max(out["res_phi"]), "residual_phi": out["res_phi"],
