@@ -743,16 +743,20 @@ def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, se
                              "residual": float(s.hres), "feature_gap_train": float(s.res)})
         return None
 
-    def assess(s):
-        """From one observation of a population: ``(gap, residual, Phi, f)``, the feature-form gap on
+    def judge(s, h, Phi, f):
+        """``(gap, residual)`` of population ``s`` observed as ``h, Phi, f``: the feature-form gap on
         train+test ``|f_DMFT - Phi(., X)(Phi + lambda I)^-1 y| / |f_DMFT|`` and the fixed-point residual."""
-        h, Phi, _, f = (np.asarray(v) for v in observe(s.A, s.z, s.M, s.d, h0, Cx_all, gamma0))
         if not (np.all(np.isfinite(Phi)) and np.all(np.isfinite(f))):
-            return float("nan"), float("nan"), Phi, f
+            return float("nan"), float("nan")
         tr, te = _kernel_predict(Phi, y_train, lam, p)
         m_x = np.asarray(s.M) if relu else np.asarray(act.deriv(jnp.asarray(h[:, :p])))
         residual = fixed_point_residual(h, np.asarray(s.z), m_x, f[:p], y_train, C_full, gamma0, lam, act.fn)
-        return _rel_gap(np.concatenate([tr, te]), f), residual, Phi, f
+        return _rel_gap(np.concatenate([tr, te]), f), residual
+
+    def assess(s):
+        """From one observation of a population: ``(gap, residual, Phi, f)`` (:func:`judge`)."""
+        h, Phi, _, f = (np.asarray(v) for v in observe(s.A, s.z, s.M, s.d, h0, Cx_all, gamma0))
+        return (*judge(s, h, Phi, f), Phi, f)
 
     record(st)
     inner_tol = 0.5 * tol
@@ -801,7 +805,7 @@ def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, se
     if finite:
         if not rec_t or rec_t[-1] != float(st.t) or fp_iterations:
             record(st)  # the fixed-point phase's result is the last snapshot, at the integrator's final time
-        gap, residual = assess(st)[:2]
+        gap, residual = judge(st, h, Phi, f)  # the observation above, not a second one
     else:
         residual = float("nan")
     converged = finite and gap <= tol and (residual_tol == np.inf or residual <= 10 * residual_tol)
