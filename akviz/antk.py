@@ -164,7 +164,7 @@ FIXED_POINT_AFTER_WARM = 0
 FIXED_POINT_ITERATIONS = 2000
 #: L-BFGS iterations between the fixed-point phase's convergence checks.
 FIXED_POINT_CHUNK = 50
-#: relu's fixed-point phase: sharpness ``beta`` of the smoothed ``softplus(beta h) / beta`` in turn,
+#: relu's fixed-point phase: sharpness ``beta`` of :func:`smoothed_relu` in turn,
 #: each stage warm from the one before (its share of the iterations: equal).
 RELU_SMOOTHING = (100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0)
 #: Relative eigenvalue cutoff of the input kernel's square root (C is singular when P + Q > D).
@@ -493,6 +493,26 @@ def population_coordinates(C_full, p):
     return U * sx, R @ Wt.T, (U / sx).T
 
 
+def smoothed_relu(h, beta):
+    """relu with its kink rounded off by a parabola: ``0`` below ``-eps``, ``h`` above ``eps``,
+    ``(h + eps)^2 / (4 eps)`` between, ``eps = 2 / beta``.
+
+    ``C^1`` with derivative :func:`smoothed_relu_deriv`, and within ``eps / 4`` of relu everywhere.
+    It replaces ``softplus(beta h) / beta`` (same curvature ``beta / 4`` at 0): no exponential or
+    logarithm to evaluate, which made the energy's value and gradient 3x slower (4.5 against 1.6 ms
+    on the default problem).
+    """
+    eps = 2.0 / beta
+    q = jnp.clip(h + eps, 0.0, 2.0 * eps)
+    return q * q / (4.0 * eps) + jnp.maximum(h - eps, 0.0)
+
+
+def smoothed_relu_deriv(h, beta):
+    """Derivative of :func:`smoothed_relu`: ``clip((h + eps) / (2 eps), 0, 1)``, ``eps = 2 / beta``."""
+    eps = 2.0 / beta
+    return jnp.clip((h + eps) / (2.0 * eps), 0.0, 1.0)
+
+
 @functools.lru_cache(maxsize=16)
 def _energy_value_and_grad(phi, smoothed: bool = False):
     """Value and gradient of the depth-1 energy per neuron, ``theta = (c.ravel(), z)``.
@@ -500,7 +520,7 @@ def _energy_value_and_grad(phi, smoothed: bool = False):
     ``E / S = gamma0^2 |y - f(X)|^2 / 2 + lambda (|c|^2 + |z|^2) / (2 S)``, ``f(X) = z . phi(c B_X^T) / (gamma0 S)``:
     the DMFT of the module docstring is gradient flow on ``E`` (in the metric ``C`` for ``h``), so its
     fixed points are the stationary points of ``E``. ``smoothed`` (relu): ``phi`` is replaced by
-    ``softplus(beta h) / beta``, ``beta`` the last entry of ``args``.
+    :func:`smoothed_relu` of sharpness ``beta``, the last entry of ``args``.
     """
 
     def energy(theta, args):
@@ -509,7 +529,7 @@ def _energy_value_and_grad(phi, smoothed: bool = False):
         S = theta.shape[0] // (k + 1)
         c, z = theta[: S * k].reshape(S, k), theta[S * k:]
         h = c @ b_x.T
-        f = (z @ (jnp.logaddexp(0.0, beta * h) / beta if smoothed else phi(h))) / (gamma * S)
+        f = (z @ (smoothed_relu(h, beta) if smoothed else phi(h))) / (gamma * S)
         return 0.5 * gamma**2 * jnp.sum((y - f) ** 2) + 0.5 * lam * (jnp.sum(c * c) + jnp.sum(z * z)) / S
 
     return jax.value_and_grad(energy)
@@ -867,9 +887,9 @@ def _fixed_point_phase(st, act, C_full, p, y, gamma0, lam, tol, residual_tol, ma
     relu: the energy is not smooth where a neuron's preactivation crosses 0, and at its fixed point
     neurons sit there (Filippov sliding); plain L-BFGS zig-zags and stalls (feature-form gap
     ~1e-4, residual ~0.3 on the default problem). So relu runs a continuation: ``relu`` replaced by
-    ``softplus(beta h) / beta`` for ``beta`` in ``RELU_SMOOTHING``, each stage warm from the one
-    before. The gap and residual are always those of relu itself, the residual with
-    ``phi'(h) = sigmoid(beta h)`` in ``[0, 1]``: away from the kink that is ``1[h > 0]``, on it the
+    :func:`smoothed_relu` of sharpness ``beta`` for ``beta`` in ``RELU_SMOOTHING``, each stage warm
+    from the one before. The gap and residual are always those of relu itself, the residual with
+    ``phi'(h)`` = :func:`smoothed_relu_deriv` in ``[0, 1]``: away from the kink that is ``1[h > 0]``, on it the
     fraction of a sliding neuron (as the integrator's Filippov selection), which ``G`` uses too.
 
     Checks every ``FIXED_POINT_CHUNK`` iterations (``assess(state) -> (gap, residual, Phi, f)``, one
@@ -891,7 +911,7 @@ def _fixed_point_phase(st, act, C_full, p, y, gamma0, lam, tol, residual_tol, ma
     def as_state(theta, beta):
         c, z = theta[: S * k].reshape(S, k), theta[S * k:]
         h_x = c @ b_x_j.T
-        m = jax.nn.sigmoid(beta * h_x) if relu else act.deriv(h_x)
+        m = smoothed_relu_deriv(h_x, beta) if relu else act.deriv(h_x)
         f_x = (z @ act.fn(h_x)) / (gamma0 * S)
         return st._replace(A=c @ a_map_j, z=z, M=m, hX=h_x, d=jnp.zeros_like(st.d), delta=jnp.asarray(y) - f_x)
 
