@@ -52,24 +52,30 @@ and after one chunk of 25 from a warm start): the dynamics above are gradient fl
 the stationary points of ``E`` over the population. L-BFGS (:mod:`akviz.lbfgs`) minimises it from
 the integrator's population, in coordinates of the training span (``h = c B^T``, the component
 outside it only decays and is set to its fixed-point value 0), checking the feature-form gap and
-the residual every 50 iterations. relu's energy has a kink where a preactivation crosses 0, and
-at the fixed point neurons sit there (sliding); plain L-BFGS zig-zags on it and stalls (gap
-1.4e-4, residual 0.30 after 2000 iterations on the default problem). So for relu the phase is a
-continuation through ``softplus(beta h) / beta``, ``beta`` = 100 ... 30000 (``RELU_SMOOTHING``),
-each stage warm from the last, with relu's own gap and residual checked throughout; the residual
-and ``G`` use ``phi' = sigmoid(beta h)``, which is ``1[h > 0]`` away from the kink and a sliding
-neuron's fraction on it (the integrator's Filippov selection). Measured (digits 3-vs-8, P=100 +
-200 test, S=4000, gamma0=1, lambda=0.1):
+the residual every 50 iterations (compact form; energy and gradient 1.5 ms, an iteration 6.3 ms on
+the default problem). relu's energy has a kink where a preactivation
+crosses 0, and at the fixed point neurons sit there (sliding); plain L-BFGS zig-zags on it and
+stalls (gap 1.4e-4, residual 0.30 after 2000 iterations on the default problem). So for relu the
+phase is a continuation through :func:`smoothed_relu` (the kink rounded off by a parabola of width
+``4 / beta``), ``beta`` = 100 ... 30000 (``RELU_SMOOTHING``), each stage warm from the last, with
+relu's own gap and residual checked throughout; the residual and ``G`` use its derivative, which is
+``1[h > 0]`` away from the kink and a sliding neuron's fraction on it (the integrator's Filippov
+selection). Until December 2026 the smoothing was ``softplus(beta h) / beta``: same curvature at 0,
+same iterations, but its exponentials made the energy 3x slower to evaluate. Measured on a 2-core
+AMD EPYC (digits 3-vs-8, P=100 + 200 test, S=4000, gamma0=1, lambda=0.1):
 
-* tanh converges (gap 6.4e-7, residual 1.2e-4) after 300 steps and 400 iterations in 26-28 s cold;
-  warm from gamma0=1 at 1.1, 25 steps and 100 iterations, 5.5-7.4 s (the integrator alone had
-  residual 0.16 after 1000 steps, 0.020 after 4000);
-* relu reaches the 1e-4 agreement (``tol=1e-4``: gap 9.1e-5, NTK-form gap 3.6e-4, residual 0.013)
-  after 300 steps and 383 iterations in 19.9 s cold; with the default ``tol`` all 2000 iterations
-  give gap 2.0e-5, residual 0.012, NTK-form gap 3.9e-4 in 81 s (warm at 1.1: gap 2.7e-6). The
-  integrator alone stalls near 1e-3 (residual 0.3-2); forward Euler at step 1e-3 was at 1.2e-2
-  after 18 s. On the small problem of the tests (30 + 20 points, S=400) the relu fixed-point
-  equations hold to 4.5e-4 with that selection.
+* tanh converges (gap 3.5e-7, residual 7.0e-5) after 300 steps and 400 iterations in 8.5 s cold;
+  warm from gamma0=1 at 1.1, 25 steps and 100 iterations, 3.9 s (the integrator alone had residual
+  0.16 after 1000 steps, 0.020 after 4000);
+* relu reaches the 1e-4 agreement (``tol=1e-4``: gap 7.1e-5, NTK-form gap 6.8e-4, residual 0.016)
+  after 300 steps and 383 iterations in 6.0-6.5 s cold, and in 3.9-4.4 s warm at 1.1; with the
+  default ``tol`` all 2000 iterations give gap 1.4e-5, residual 0.015, NTK-form gap 4.5e-4 in 27 s
+  (warm at 1.1: gap 7.3e-6, 22 s). ``benchmarks/bench_antk.py`` (gamma0 0.5 / 1 / 2, lambda 0.01 /
+  0.1, ``tol=1e-4``): converged in all six cases, 6.0-10.5 s cold and 3.9-4.6 s warm; forward
+  Euler at step 1e-3 given 20 times the cold time (121-212 s, 30k-52k steps) reached the 1e-4
+  agreement in none (gap 1.1e-3 to 2.7e-3). The integrator alone stalls near 1e-3 (residual 0.3-2).
+  On the small problem of the tests (30 + 20 points, S=400) the relu fixed-point equations hold to
+  4.5e-4 with that selection (measured with the softplus smoothing).
 
 Status (issue 4): linear converges to machine precision and matches the closed-form
 fixed point; tanh converges to its fixed point, and relu to the 1e-4 feature-form agreement,
@@ -103,28 +109,32 @@ searches stopped at lasso objectives 0.1-0.2% apart whose test predictions
 differ by 0.011-0.015 RMS: the multi-start search misses directions that
 would still grow, so it cannot yet certify the fixed point.
 
-How close relu's predictions are to the fixed point (digits 3-vs-8, P=100 + 200 test, S=4000,
-lambda=0.1, gamma0=1.1, measured against a warm solve of 3000 iterations at ``tol=1e-7``: gap
-3.1e-6, residual 3.1e-3, test MSE 0.0977; distances are relative norms of the test predictions):
+How close relu's predictions are to the fixed point (digits 3-vs-8, P=100 + 200 test, S=4000;
+distances are relative norms of the test predictions, measured against solves of 3000 iterations at
+``tol=1e-7``: at lambda=0.1, gamma0=1.1 warm from gamma0=1, gap 2.4e-6, residual 2.6e-3, test MSE
+0.0977):
 
 * the fixed point itself is well determined: two cold solves of 3000 iterations, seeds 0 and 1,
-  land 0.21% and 0.14% from it;
-* the feature-form gap is a weak test for relu: a warm solve from gamma0=1 stopped by
-  ``tol=1e-4`` (383 iterations, 9.5 s) is 0.56% away, the gamma0=1 solution 0.96%; with the full
-  continuation and a fixed budget, 500 / 1000 / 2000 iterations give 0.93-0.94% / 0.64-0.70% /
-  0.18-0.33% (10-15 / 18-29 / 37-54 s, L-BFGS memory 5-20). Starting the continuation at
-  ``beta`` = 300, 1000 or 3000 instead of 100 leaves it in the neighbour's basin (0.76-0.97% after
-  500-1000 iterations);
-* the dashboard's budgets (300 steps cold, 25 warm, then 500 iterations): a cold solve is 1.5-1.7%
-  from a cold one of 3000 iterations (gamma0 = 1 and 1.5); warm solves along the slider keep
-  converging, and a chain of ten warm solves 1.0 -> 1.5 in steps of 0.05 ends 0.43% from it (test
-  MSE 0.0994 against 0.0992 tight). Between gamma0 = 1 and 1.5 the tight predictions move 1.5%;
+  land 0.21% and 0.14% from it (softplus smoothing);
+* the feature-form gap is a weak test for relu. ``tol=1e-4`` solves: at lambda=0.1 cold at
+  gamma0=1 0.91% away, warm at 1.1 0.60% (the gamma0=1 solution itself 0.91%); at lambda=0.01
+  1.54% and 1.03%. With the default ``tol`` (2000 iterations): 0.53% cold, 0.19% warm. Where the
+  stop falls matters: fewer iterations per smoothing stage leave the predictions nearer the
+  neighbour's (warm at 1.1 with 50 / 100 / 150 / 200 / 333 iterations a stage, stopped by ``tol``
+  after 100 / 200 / 200 / 250 / 383: 0.93% / 0.85% / 0.78% / 0.71% / 0.57%, softplus smoothing);
+* with the softplus smoothing: the full continuation with a fixed budget, 500 / 1000 / 2000
+  iterations, gave 0.93-0.94% / 0.64-0.70% / 0.18-0.33% (L-BFGS memory 5-20); starting the
+  continuation at ``beta`` = 300, 1000 or 3000 instead of 100 leaves it in the neighbour's basin
+  (0.76-0.97% after 500-1000 iterations);
+* the dashboard (``tol=1e-4``, at most 2000 iterations): the numbers above; a chain of ten warm
+  solves 1.0 -> 1.5 in steps of 0.05 with its earlier budget (500 iterations) ended 0.43% from a
+  tight solve, and between gamma0 = 1 and 1.5 the tight predictions move 1.5%;
 * what is slow: the directions of the surviving neurons. A lasso over the population's own
   directions (``mu = lambda / gamma0``, module docstring above; 3000 FISTA iterations, 0.9 s) moves
-  the ``tol=1e-4`` solve only from 0.56% to 0.46-0.55% (20000 / 3000 iterations), but continuing the
+  a ``tol=1e-4`` solve only from 0.56% to 0.46-0.55% (20000 / 3000 iterations), but continuing the
   smoothing on its ~700 active neurons alone (the others set to their fixed-point value 0) reaches
-  0.17-0.26% in 750-1000 further iterations of 4-10 ms each. Not adopted: neurons set to 0 never
-  revive in a later warm start, and from the neighbour's population it reached only 0.51%.
+  0.17-0.26% in 750-1000 further iterations. Not adopted: neurons set to 0 never revive in a later
+  warm start, and from the neighbour's population it reached only 0.51%.
 
 Depth ``>= 2`` (THEORY.md 4.3) is **EXPERIMENTAL**: see :mod:`akviz.antk_deep`
 (validated against the closed-form fixed point of the linear activation at
@@ -814,7 +824,9 @@ def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, se
         st, fp_iterations, fp_history, stopped = _fixed_point_phase(
             st, act, C_full, p, y_train, gamma0, lam, tol, residual_tol, fixed_point_iterations, assess=assess,
             interrupt=lambda s, it, Phi_s, f_s: interruption(start, max_seconds, lambda: report(s, it, Phi_s, f_s)))
-        notes.append(f"then {fp_iterations} L-BFGS iterations of the fixed-point phase")
+        used_up = fp_iterations >= fixed_point_iterations
+        notes.append(f"then {fp_iterations} L-BFGS iterations of the fixed-point phase"
+                     + (f" (all of fixed_point_iterations={fixed_point_iterations})" if used_up else ""))
 
     # Final kernels, predictors, exact fixed-point residual.
     h, Phi, G, f = observe(st.A, st.z, st.M, st.d, h0, Cx_all, gamma0)
@@ -830,7 +842,6 @@ def _antk_depth1(x_train, y_train, x_test, y_test, gamma0, lam, act, samples, se
         residual = float("nan")
     converged = finite and gap <= tol and (residual_tol == np.inf or residual <= 10 * residual_tol)
     iterations = int(st.steps) + fp_iterations
-    converged = converged and finite
     message = _status_message(
         finite=finite, converged=converged, stopped=stopped, t=float(st.t), max_time=max_time,
         iterations=int(st.steps), max_steps=max_steps if not switch else math.inf, gap=gap, residual=residual,
