@@ -61,7 +61,7 @@ phase is a continuation through :func:`smoothed_relu` (the kink rounded off by a
 relu's own gap and residual checked throughout; the residual and ``G`` use its derivative, which is
 ``1[h > 0]`` away from the kink and a sliding neuron's fraction on it (the integrator's Filippov
 selection). Until December 2026 the smoothing was ``softplus(beta h) / beta``: same curvature at 0,
-same iterations, but its exponentials made the energy 3x slower to evaluate. Measured on a 2-core
+about the same iterations, but its exponentials made the energy 3x slower to evaluate. Measured on a 2-core
 AMD EPYC (digits 3-vs-8, P=100 + 200 test, S=4000, gamma0=1, lambda=0.1):
 
 * tanh converges (gap 3.5e-7, residual 7.0e-5) after 300 steps and 400 iterations in 8.5 s cold;
