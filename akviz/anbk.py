@@ -63,6 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import anbk_ais as _ais
 from . import anbk_hs as _hs
 from . import anbk_mcmc as _mcmc
 from .anbk_mcmc import relative_difference as _rel
@@ -603,7 +604,7 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
         raise ValueError(f"beta must be a finite number > 0, got {beta}.")
     depth = _check_positive_int("depth", depth)
     if samples is None:
-        samples = {"hs": 10240, "is": 4096}.get(method, 2048)
+        samples = {"ais": _ais.DEFAULT_SAMPLES, "hs": 10240, "is": 4096}.get(method, 2048)
     samples = _check_positive_int("samples", samples)
     if max_iter is None:
         max_iter = 3 if method in ("auto", "mala") else 30
@@ -619,8 +620,11 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
     act = get_activation(activation)
     if method == "auto":
         method = "exact" if act.name == "linear" else "mala"
-    if method not in ("exact", "hs", "mala", "is"):
-        raise ValueError(f"method must be 'auto', 'exact', 'hs', 'mala' or 'is', got {method!r}.")
+    if method not in ("exact", "ais", "hs", "mala", "is"):
+        raise ValueError(f"method must be 'auto', 'exact', 'ais', 'hs', 'mala' or 'is', got {method!r}.")
+    if method == "ais" and depth != 1:
+        raise ValueError("method='ais' solves depth 1 only (its proposal is built for the rank-one last-layer "
+                         "tilt); use method='mala' for depth >= 2.")
     if method == "exact" and act.name != "linear":
         raise ValueError("method='exact' needs activation='linear' (Gaussian integrals); use 'mala'.")
     if method != "exact" and samples < 2 * _GROUPS:
@@ -647,6 +651,9 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
             full = [np.full((len(x_all),) * 2, np.nan) for _ in range(depth)]
         state = {"chains": None, "ms": np.array(ms)}
         final = None
+    elif method == "ais":
+        sol, phis, ms, final, state, full = _run_ais(act, c_full, c, x_train, y_train, p, gamma0, beta, samples, seed, tol,
+                                                     max_iter, init, callback, start)
     elif method == "hs":
         sol, phis, ms, final, state, full = _run_hs(act, c_full, c, x_train, y_train, p, gamma0, beta, depth,
                                                     samples, seed, tol, max_iter, init, callback, start)
@@ -728,6 +735,27 @@ def _run_mcmc(act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples,
     else:
         full = [np.full((n, n), np.nan) for _ in range(depth)]
     state = {"chains": None, "ms": np.array(ms), "mcmc": sol["state"]}
+    return sol, phis, ms, final, state, full
+
+
+def _run_ais(act, c_full, c, x_train, y_train, p, gamma0, beta, samples, seed, tol, max_iter, init, callback, start):
+    """Adaptive importance sampling (akviz.anbk_ais), depth 1; warm start from any compatible ``init``."""
+    a0, tau0, g_from = None, None, 0.0
+    if init is not None and init.depth == 1 and init.activation == act.name and init.kernels.shape[-1] == p \
+            and np.isfinite(init.kernels).all():
+        st = (init._state or {}).get("ais")
+        if st is not None and st["beta"] == beta:
+            a0, tau0 = st["a"], st["tau"]
+        else:  # another solver's kernels: the saddle's a follows from them
+            a0 = np.linalg.solve(init.kernels[-1] + np.eye(p) / beta, y_train)
+        g_from = float(init.gamma0)
+    if a0 is None:
+        nngp = np.asarray(lazy_kernels(x_train, depth=1, activation=act).nngp[0])
+        a0 = np.linalg.solve(nngp + np.eye(p) / beta, y_train)
+    sol = _ais.solve_ais(act, c_full, p, y_train, gamma0, beta, samples, int(seed), tol, max_iter, a0, tau0,
+                         g_from, callback, start, functools.partial(_continuation, ratio=2.0), ESS_FLOOR)
+    phis, ms, final, full = sol["phis"], sol["ms"], sol["final"], sol["full"]
+    state = {"chains": None, "ms": np.array(ms), "ais": sol["state"]}
     return sol, phis, ms, final, state, full
 
 

@@ -132,14 +132,15 @@ def proposal_noise(key, shape, dtype=CHAIN_DTYPE):
     Why not ``jax.random.normal``: threefry costs ~7 ns a number on the CPU, which made it two
     thirds of a MALA round (2048 chains x 100 points); hashing a counter costs a third to a half.
     Two 32-bit seed words come from ``key`` (threefry), so every call draws a fresh stream;
-    within a call the hash is a bijection of distinct counters. Uniforms with 24 bits, mapped
-    through the inverse error function. Its moments, tail and independence across calls are
-    tested (tests/test_anbk.py).
+    within a call the hash is a bijection of distinct counters. Uniforms with 23 bits, mapped
+    through the inverse error function: with 24, ``2^24 - 0.5`` rounds to ``2^24`` in float32,
+    so one draw in 2^24 was ``u = 1`` and an infinite normal. Its moments, tail, finiteness and
+    independence across calls are tested (tests/test_anbk.py).
     """
     seed = jax.random.bits(key, (2,), jnp.uint32)
     count = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
     bits = _lowbias32(_lowbias32(count ^ seed[0]) + seed[1])
-    u = ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))  # in (0, 1), never 0 or 1
+    u = ((bits >> 9).astype(jnp.float32) + 0.5) * (1.0 / (1 << 23))  # exact in float32: in (0, 1), never 0 or 1
     return (math.sqrt(2.0) * jax.lax.erf_inv(2.0 * u - 1.0)).astype(dtype)
 
 
