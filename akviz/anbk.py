@@ -603,12 +603,20 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
     if not math.isfinite(beta) or beta <= 0:
         raise ValueError(f"beta must be a finite number > 0, got {beta}.")
     depth = _check_positive_int("depth", depth)
+    act = get_activation(activation)
+    fallback = method == "auto"
+    if method == "auto":
+        method = "exact" if act.name == "linear" else "ais" if depth == 1 else "mala"
+    mala_samples = 2048 if samples is None else samples
+    mala_max_iter = 3 if max_iter is None else max_iter
     if samples is None:
         samples = {"ais": _ais.DEFAULT_SAMPLES, "hs": 10240, "is": 4096}.get(method, 2048)
     samples = _check_positive_int("samples", samples)
     if max_iter is None:
-        max_iter = 3 if method in ("auto", "mala") else 30
+        max_iter = {"mala": 3, "ais": 8}.get(method, 30)
     max_iter = _check_positive_int("max_iter", max_iter)
+    if fallback and method == "ais":
+        max_iter = max(max_iter, 2)  # one iteration to solve, one to check it on fresh draws
     if rounds is not None:
         rounds = _check_positive_int("rounds", rounds)
         if rounds < _MIN_ROUNDS:
@@ -617,9 +625,6 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
     tol = float(tol)
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}.")
-    act = get_activation(activation)
-    if method == "auto":
-        method = "exact" if act.name == "linear" else "mala"
     if method not in ("exact", "ais", "hs", "mala", "is"):
         raise ValueError(f"method must be 'auto', 'exact', 'ais', 'hs', 'mala' or 'is', got {method!r}.")
     if method == "ais" and depth != 1:
@@ -652,8 +657,17 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
         state = {"chains": None, "ms": np.array(ms)}
         final = None
     elif method == "ais":
-        sol, phis, ms, final, state, full = _run_ais(act, c_full, c, x_train, y_train, p, gamma0, beta, samples, seed, tol,
-                                                     max_iter, init, callback, start)
+        sol, phis, ms, final, state, full = _run_ais(act, c_full, c, x_train, y_train, p, gamma0, beta, samples,
+                                                     seed, tol, max_iter, init, callback, start)
+        if fallback and sol["beyond_reach"]:  # auto: persistent MALA chains reach further (THEORY.md 3.4)
+            tried = sol
+            method, samples = "mala", _check_positive_int("samples", mala_samples)
+            sol, phis, ms, final, state, full = _run_mcmc(
+                act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples, seed, tol,
+                _check_positive_int("max_iter", mala_max_iter), init, callback, start, rounds)
+            sol["message"] = (f"{sol['message']} (MALA, after adaptive importance sampling gave up: "
+                              f"{tried['message']})")
+            sol["history"] = [dict(h, solver="ais") for h in tried["history"]] + list(sol["history"])
     elif method == "hs":
         sol, phis, ms, final, state, full = _run_hs(act, c_full, c, x_train, y_train, p, gamma0, beta, depth,
                                                     samples, seed, tol, max_iter, init, callback, start)
@@ -708,7 +722,7 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
         converged=bool(sol["converged"]), iterations=int(sol["iterations"]), residual=res,
         ess=[float(e) for e in sol["ess"]], action=float(action), history=sol["history"],
         message=sol["message"], seconds=time.perf_counter() - start,
-        gamma0=gamma0, beta=beta, depth=depth, activation=act.name, samples=int(samples),
+        gamma0=gamma0, beta=beta, depth=depth, activation=act.name, samples=int(sol.get("samples", samples)),
         method=method, seed=int(seed),
         barrier=float(sol.get("barrier", float("nan"))), basin=sol.get("basin"),
         _state=dict(state, final=final, c_full=c_full, p=p),

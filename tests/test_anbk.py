@@ -216,7 +216,7 @@ def test_hs_warm_start_and_depth_two():
 def test_mala_relu_tiny_gamma_is_nngp():
     """gamma0 -> 0: the chains sample the prior; kernels and predictor are the NNGP's within the reported error."""
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
-    res = anbk(ds, gamma0=1e-4, beta=1.0, samples=1024)
+    res = anbk(ds, gamma0=1e-4, beta=1.0, samples=1024, method="mala")
     lazy = akviz.lazy_predictor(ds, ridge=1.0)
     assert res.method == "mala" and res.converged, res.message
     assert 0 < res.mc_error[0] < 0.02
@@ -228,8 +228,8 @@ def test_mala_two_seeds_and_hs_agree_within_error():
     """relu, gamma0 = 0.3: two chain seeds and the independent HS solver agree within the reported errors."""
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
     kw = dict(gamma0=0.3, beta=1.0)
-    m0 = anbk(ds, **kw, samples=2048, seed=0)
-    m1 = anbk(ds, **kw, samples=2048, seed=1)
+    m0 = anbk(ds, **kw, samples=2048, seed=0, method="mala")
+    m1 = anbk(ds, **kw, samples=2048, seed=1, method="mala")
     hs = anbk(ds, **kw, method="hs", samples=HS_SAMPLES)
     assert m0.converged and m1.converged and hs.converged, (m0.message, m1.message, hs.message)
     assert m0.residual["max"] < 1e-2
@@ -245,7 +245,7 @@ def test_mala_runaway_reports_cause_and_no_kernel(monkeypatch):
     from akviz import anbk_mcmc
 
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
-    res = anbk(ds, gamma0=10.0, beta=10.0, samples=512)  # chains run away outright
+    res = anbk(ds, gamma0=10.0, beta=10.0, samples=512, method="mala")  # chains run away outright
     assert not res.converged
     assert "normalise" in res.message and "gamma0" in res.message
     assert np.isnan(res.kernels).all() and res.to_json_dict()["test_loss"] is None
@@ -253,7 +253,7 @@ def test_mala_runaway_reports_cause_and_no_kernel(monkeypatch):
     # 0.10-0.15), some runs overflow; below the real cutoff 0.5 it is reported as not converged with
     # kernels, above it as no saddle point without kernels: the latter path, with the cutoff lowered
     monkeypatch.setattr(anbk_mcmc, "NO_SADDLE", 0.02)
-    res = anbk(ds, gamma0=5.0, beta=10.0, samples=512, max_iter=2)
+    res = anbk(ds, gamma0=5.0, beta=10.0, samples=512, max_iter=2, method="mala")
     assert not res.converged and "no saddle point" in res.message and "normalise" in res.message
     assert np.isnan(res.kernels).all()
 
@@ -303,7 +303,8 @@ def test_mala_callback_hears_each_chunk_and_can_stop_within_a_pass():
     within a pass); returning False there stops it, keeping only a completed evaluation's kernels."""
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
     calls = []
-    res = anbk(ds, gamma0=0.2, beta=1.0, samples=512, max_iter=1, callback=lambda it, s: calls.append((it, dict(s))))
+    res = anbk(ds, gamma0=0.2, beta=1.0, samples=512, max_iter=1, method="mala",
+               callback=lambda it, s: calls.append((it, dict(s))))
     assert np.isfinite(res.kernels).all(), res.message
     chunks, last = [s for _, s in calls[:-1]], calls[-1][1]
     phases = [s["phase"] for s in chunks]
@@ -313,11 +314,110 @@ def test_mala_callback_hears_each_chunk_and_can_stop_within_a_pass():
     assert phases == sorted(phases, key=["relaxing", "averaging", "evaluating"].index)
     assert all(b["round"] > a["round"] for a, b in zip(chunks, chunks[1:]))
 
-    first = anbk(ds, gamma0=0.2, beta=1.0, samples=512, max_iter=1,
+    first = anbk(ds, gamma0=0.2, beta=1.0, samples=512, max_iter=1, method="mala",
                  callback=lambda it, s: s.get("phase") != "averaging")
     assert not first.converged and "stopped by the callback" in first.message
     assert "No evaluation" in first.message and np.isnan(first.kernels).all()
-    second = anbk(ds, gamma0=0.2, beta=1.0, samples=512, max_iter=2, tol=1e-9,
+    second = anbk(ds, gamma0=0.2, beta=1.0, samples=512, max_iter=2, tol=1e-9, method="mala",
                   callback=lambda it, s: not (it == 2 and s.get("phase") == "averaging"))
     assert not second.converged and "stopped by the callback" in second.message
     assert second.iterations == 1 and np.isfinite(second.kernels).all()
+
+
+# ---------------------------------------------------------------- adaptive importance sampling (depth 1)
+
+
+@pytest.mark.parametrize("gamma0,beta", [(0.5, 1.0), (1.5, 2.0)])
+def test_ais_linear_matches_closed_form_within_its_error(gamma0, beta):
+    """phi = identity forced through the Monte Carlo path: Phi = I + (c - 1) y y^T (THEORY.md 3.3)."""
+    from akviz.anbk_ais import BATCH
+
+    x, y, xt, yt = whitened_problem()
+    res = anbk((x, y, xt, yt), gamma0=gamma0, beta=beta, activation="linear", method="ais", samples=BATCH)
+    assert res.method == "ais" and res.converged, res.message
+    c = closed_form_c(gamma0, beta, 1)
+    want = np.eye(len(y)) + (c - 1) * np.outer(y, y)
+    assert 0 < res.mc_error[0] < 1e-2
+    assert _rel_err(res.kernels[0], want) < 4 * res.mc_error[0]
+    assert res.ess[0] > 0.5
+    exact = anbk((x, y, xt, yt), gamma0=gamma0, beta=beta, activation="linear")
+    np.testing.assert_allclose(res.test_predictions, exact.test_predictions,
+                               atol=8 * res.mc_error[0] * np.abs(exact.test_predictions).max())
+
+
+def test_ais_relu_tiny_gamma_is_nngp():
+    from akviz.anbk_ais import BATCH
+
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    res = anbk(ds, gamma0=1e-4, beta=1.0, method="ais", samples=BATCH)
+    lazy = akviz.lazy_predictor(ds, ridge=1.0)
+    assert res.converged and res.ess[0] > 0.99, res.message
+    assert 0 < res.mc_error[0] < 1e-2
+    assert _rel_err(res.kernels[0], lazy.kernels[0]) < 4 * res.mc_error[0]
+    assert _rel_err(res.kernels_full[0], lazy.kernels_full[0]) < 8 * res.mc_error[0]
+    assert abs(res.test_loss - lazy.test_loss) < 0.05 * lazy.test_loss
+
+
+def test_ais_agrees_with_mala_and_across_seeds():
+    """relu, gamma0 = 0.3: two AIS seeds and the persistent-chain solver agree within the reported errors,
+    and the kernel is measurably not the lazy one."""
+    from akviz.anbk_ais import BATCH
+
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    kw = dict(gamma0=0.3, beta=1.0)
+    a0 = anbk(ds, **kw, method="ais", samples=BATCH, seed=0)
+    a1 = anbk(ds, **kw, method="ais", samples=BATCH, seed=1)
+    mala = anbk(ds, **kw, method="mala", samples=2048)
+    assert a0.converged and a1.converged and mala.converged, (a0.message, a1.message, mala.message)
+    assert a0.residual["max"] < 1e-2 and a0.history[-1]["residual"] == a0.residual["max"]
+    assert _rel_err(a0.kernels[0], a1.kernels[0]) < 4 * math.hypot(a0.mc_error[0], a1.mc_error[0])
+    assert _rel_err(a0.kernels[0], mala.kernels[0]) < 4 * math.hypot(a0.mc_error[0], mala.mc_error[0])
+    lazy = akviz.lazy_predictor(ds, ridge=1.0)
+    assert _rel_err(a0.kernels[0], lazy.kernels[0]) > 8 * a0.mc_error[0]
+    # positive semi-definite, symmetric, and the train+test kernel extends the train one
+    assert np.linalg.eigvalsh(a0.kernels[0]).min() > -1e-10
+    np.testing.assert_array_equal(a0.kernels_full[0][:30, :30], a0.kernels[0])
+    np.testing.assert_allclose(a0.kernels_full[0], a0.kernels_full[0].T)
+
+
+def test_ais_warm_start_skips_the_continuation():
+    from akviz.anbk_ais import BATCH
+
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    cold = anbk(ds, gamma0=0.3, beta=1.0, method="ais", samples=BATCH)
+    assert any(h["kind"] == "continuation" for h in cold.history)  # 0.05, 0.1, 0.2 on the way
+    warm = anbk(ds, gamma0=0.35, beta=1.0, method="ais", samples=BATCH, init=cold)
+    assert warm.converged, warm.message
+    assert all(h["kind"] == "solve" for h in warm.history) and warm.iterations <= 3
+
+
+def test_ais_draws_more_when_the_noise_holds_the_residual_up():
+    """tol far below the Monte Carlo error of one batch: the draw grows (up to GROWTH x samples), and the
+    result says it did not converge rather than passing on a lucky draw."""
+    from akviz.anbk_ais import BATCH, GROWTH
+
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    res = anbk(ds, gamma0=0.2, beta=1.0, method="ais", samples=BATCH, tol=1e-3, max_iter=4)
+    sizes = [h["samples"] for h in res.history]
+    assert sizes[0] == BATCH and max(sizes) == GROWTH * BATCH and sizes == sorted(sizes)
+    assert not res.converged and "did not fall below tol" in res.message
+    assert res.samples == GROWTH * BATCH
+
+
+def test_ais_out_of_reach_is_reported_and_auto_falls_back_to_mala():
+    from akviz.anbk_ais import BATCH
+
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    res = anbk(ds, gamma0=3.0, beta=10.0, method="ais", samples=BATCH)
+    assert not res.converged
+    assert "normalise" in res.message or "collapsed" in res.message, res.message
+    assert "gamma0" in res.message and "beta" in res.message
+    auto = anbk(ds, gamma0=3.0, beta=10.0, samples=512, max_iter=1)
+    assert auto.method == "mala" and "adaptive importance sampling gave up" in auto.message
+    assert any(h.get("solver") == "ais" for h in auto.history)
+
+
+def test_ais_is_depth_one_only():
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    with pytest.raises(ValueError, match="depth 1"):
+        anbk(ds, gamma0=0.1, beta=1.0, depth=2, method="ais")
