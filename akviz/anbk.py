@@ -18,7 +18,15 @@ Solvers (``method``):
 * ``"exact"`` (default for ``activation="linear"``): all integrals are
   Gaussian, ``Phi^l = K + K M (I - K M)^-1 K`` with ``K = Phi^{l-1}``; the
   fixed point is found by Anderson-accelerated iteration to machine precision.
-* ``"mala"`` (default otherwise): persistent MALA chains per layer that move
+* ``"ais"`` (default at depth 1 for non-linear activations): adaptive importance
+  sampling from a Gaussian mixture along the Hubbard-Stratonovich field of the
+  rank-one tilt, refitted to the target after every solve, and Newton on the
+  P-vector ``a`` with the draws fixed (sample-average approximation); fresh draws
+  check every state, and the draw grows when its noise is what holds the residual
+  above ``tol``. iid draws, so no burn-in or autocorrelation. Its reach ends where
+  the tilted density stops normalising at the state (``kappa >= 1``) or the ESS
+  collapses; ``"auto"`` then hands over to ``"mala"``. See :mod:`akviz.anbk_ais`.
+* ``"mala"`` (default at depth >= 2 and beyond ``"ais"``'s reach): persistent MALA chains per layer that move
   together with the kernels (Robbins-Monro updates, Polyak averaging), then a
   frozen *evaluate* phase on fresh rounds that measures the saddle residual and
   its Monte Carlo error; the last layer's rank-one tilt is sampled with its
@@ -572,13 +580,18 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
       beta: inverse temperature ``> 0`` (ridge of the predictor is ``1/beta``).
       depth: hidden layers ``L >= 1``.
       activation: registered name or :class:`akviz.Activation`.
-      samples: Monte Carlo samples per layer: chains for ``"mala"`` (default 2048), samples for
-        ``"hs"`` (default 10240: 40 xi nodes x 256) and ``"is"`` (default 4096).
+      samples: Monte Carlo samples per layer: draws per iteration for ``"ais"`` (default 262144,
+        rounded up to whole batches of 131072, growing up to 4x where the noise needs it), chains
+        for ``"mala"`` (default 2048), samples for ``"hs"`` (default 10240: 40 xi nodes x 256) and
+        ``"is"`` (default 4096). With ``"auto"`` they go to the solver it picks; a MALA fallback
+        uses its own default unless ``samples`` was given.
       seed: Monte Carlo seed.
       tol: saddle residual ``||Phi - <phi phi^T>|| / ||Phi||`` (fresh samples) to reach.
         Exact solver: ``min(tol, 1e-12)`` is used.
-      max_iter: outer iterations (default 30; ``"mala"``: evaluate phases, default 3, each after
-        a longer averaging phase that continues the Polyak average of the previous ones).
+      max_iter: outer iterations (default 30; ``"ais"``: draws, default 8, the first solves and each
+        later one checks the state and solves again; with ``"auto"`` at least 2; ``"mala"``: evaluate
+        phases, default 3, each after a longer averaging phase that continues the Polyak average of
+        the previous ones).
       init: a previous :class:`ANBKResult` on the same data and depth (warm start:
         kernels, duals and MALA chains are reused; neighbouring ``gamma0`` values
         solve in a few iterations).
@@ -586,8 +599,9 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
         ``"mala"`` also calls it after every chunk of 24 rounds with ``{"iteration", "phase"
         ("relaxing", "averaging" or "evaluating"), "round", "seconds"}``. Returning ``False``
         stops; a stop before the first evaluation returns no kernels (``converged=False``).
-      method: ``"auto"`` (``"exact"`` for linear, else ``"mala"``), ``"exact"`` (linear only),
-        ``"hs"``, ``"mala"`` or ``"is"``.
+      method: ``"auto"`` (``"exact"`` for linear; depth 1: ``"ais"``, then ``"mala"`` if the
+        tilted density leaves its reach; depth >= 2: ``"mala"``), ``"exact"`` (linear only),
+        ``"ais"`` (depth 1 only), ``"hs"``, ``"mala"`` or ``"is"``.
       rounds: ``"mala"`` only: Robbins-Monro rounds (each 4 MALA steps of every chain) of the
         first averaging phase and of each evaluation; the relaxing phase before them takes
         ``rounds`` (cold) or ``rounds // 2`` (warm). Default 96 cold, 48 warm (evaluation 96).

@@ -467,20 +467,21 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
 
 
 def _message(converged, iterations, res, mc, ess, kappa, tol, ess_floor, g, beta, n):
-    tail = (f"residual {res:.2e} (fresh draws; Monte Carlo error {mc:.2e}), ESS {100 * ess:.0f}% of {n} draws, "
-            f"tail slope kappa {kappa:.3f}")
+    tail = (f"saddle residual {res:.2e} on fresh draws (Monte Carlo error {mc:.2e}), ESS {100 * ess:.0f}% of "
+            f"{n} draws, tail slope kappa {kappa:.3f}")
     if converged:
         return f"converged in {iterations} iterations (adaptive importance sampling): {tail}."
+    reach = f"Try a smaller gamma0 (now {g:g}), a larger beta (now {beta:g}) or method='mala'."
     if kappa >= 1:
         cause = "the tilted density does not normalise at this state (kappa >= 1: the xi marginal grows in its tail)"
     elif ess < ess_floor:
         cause = f"the importance weights collapsed (ESS {100 * ess:.1f}% < {100 * ess_floor:.0f}%)"
     elif not math.isfinite(res):
-        cause = "no state was checked against fresh draws (max_iter=1)"
+        cause, reach = "no state was checked against fresh draws (max_iter=1)", "Use max_iter >= 2."
     else:
-        cause = f"the residual did not fall below tol={tol:g} in max_iter={iterations} iterations"
-    return (f"NOT converged (adaptive importance sampling): {cause}; {tail}. Try a smaller gamma0 "
-            f"(now {g:g}), a larger beta (now {beta:g}) or method='mala'.")
+        cause = f"the saddle residual did not fall below tol={tol:g} in max_iter={iterations} iterations"
+        reach = f"More draws (samples= above {n}) or a larger max_iter lower the Monte Carlo error."
+    return f"NOT converged (adaptive importance sampling): {cause}; {tail}. {reach}"
 
 
 def _full_kernel(prob, phi, d, a, g):

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--beta", type=_positive_float, default=None, help="inverse temperature (anbk)")
     sv.add_argument("--weight-decay", type=_positive_float, default=None, help="weight decay lambda (antk)")
     sv.add_argument("--samples", type=_positive_int, default=None, help="Monte Carlo samples / neurons (anbk, antk)")
+    sv.add_argument("--solver", choices=("auto", "exact", "ais", "mala", "hs", "is"), default="auto",
+                    help="aNBK solver (anbk; default auto: exact for linear, ais at depth 1, else mala)")
     sv.add_argument("--json", action="store_true", help="print one JSON object")
 
     cp = sub.add_parser("compare", help="run a theory and a finite-width network on the same data and compare them")
@@ -150,7 +152,7 @@ def solve(args) -> dict:
 
         kw = {} if args.samples is None else {"samples": args.samples}
         r = anbk(ds, gamma0=args.gamma0, beta=args.beta, depth=args.depth, activation=args.activation,
-                 seed=args.seed, **kw)
+                 seed=args.seed, method=args.solver, **kw)
         out.update(r.to_json_dict())
     else:
         _require(args, "gamma0", "weight_decay")

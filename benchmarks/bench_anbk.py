@@ -43,7 +43,8 @@ def ours(ds, gamma0, beta, depth, samples):
     t0 = time.perf_counter()
     warm = akviz.anbk(ds, gamma0=gamma0, **kw, init=neighbour)
     t_warm = time.perf_counter() - t0
-    trace = [(h["seconds"], h["residual"]) for h in cold.history]
+    # the residual of each checked state (AIS continuation steps and first draws check none)
+    trace = [(h["seconds"], h["residual"]) for h in cold.history if np.isfinite(h.get("residual", np.nan))]
     return {"first_call_seconds_incl_jit": t_first, "cold_seconds": t_cold, "warm_seconds": t_warm,
             "warm_from_gamma0": g_prev, "neighbour_cold_seconds": t_cold_neigh,
             "cold": cold.to_json_dict(), "warm": warm.to_json_dict(), "first": first.to_json_dict(),

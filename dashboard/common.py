@@ -128,7 +128,8 @@ def sidebar():
     else:
         sb.select_slider("weight decay lambda", WEIGHT_DECAYS, key="weight_decay")
     sb.selectbox("Monte Carlo samples", SAMPLE_CHOICES, key="samples",
-                 help="Samples / neurons of the adaptive solvers; 'auto' uses the solver default.")
+                 help="Samples / neurons of the adaptive solvers; 'auto' uses the solver default. aNBK at "
+                      "depth 1 (adaptive importance sampling) sizes its own draws and ignores this.")
 
 
 def page_setup() -> Settings:
@@ -172,9 +173,10 @@ def problem_key(s: Settings, method: str) -> tuple:
     return (method, s.dataset, s.n_train, s.n_test, s.seed, s.depth, s.activation, strength, s.samples)
 
 
-#: Averaging/evaluate passes of one aNBK solve in the dashboard (the library default is 3): one pass
-#: keeps the slider responsive; the result still reports its residual, Monte Carlo error and
-#: whether it converged.
+#: Averaging/evaluate passes of one aNBK solve by MALA chains in the dashboard at depth >= 2 (the
+#: library default is 3): one pass keeps the slider responsive; the result still reports its
+#: residual, Monte Carlo error and whether it converged. Depth 1 uses the library defaults (adaptive
+#: importance sampling, then 3 MALA passes where its reach ends).
 ANBK_PASSES = 1
 
 #: Budgets of one aNTK solve in the dashboard: integrator steps (depth 1 hands over to L-BFGS after
@@ -233,7 +235,9 @@ def prefetch_order(gamma0: float, previous: float | None = None) -> list:
 def solver_for(s: Settings, method: str, progress=None):
     """``solver(gamma0, init)`` for the current settings; ``progress(text)`` receives solver progress."""
     ds = dataset(**s.data)
-    extra = {} if s.samples == "auto" else {"samples": int(s.samples)}
+    # aNBK at depth 1 sizes its own draws (>= 131072 per iteration, more where the noise needs it)
+    own = s.samples == "auto" or (method == "anbk" and s.depth == 1)
+    extra = {} if own else {"samples": int(s.samples)}
     cache = solution_cache()  # taken here, in the script's thread: the callbacks may run in the background's
 
     if method == "anbk":
@@ -244,8 +248,9 @@ def solver_for(s: Settings, method: str, progress=None):
                 progress(f"aNBK pass {iteration}: {phase}, round {state['round']}" if phase else
                          f"aNBK iteration {iteration} done")
 
+        passes = {} if s.depth == 1 else {"max_iter": ANBK_PASSES}
         return lambda g, init: akviz.anbk(ds, gamma0=g, beta=s.beta, depth=s.depth, activation=s.activation,
-                                          seed=s.seed, init=init, callback=report, max_iter=ANBK_PASSES, **extra)
+                                          seed=s.seed, init=init, callback=report, **passes, **extra)
 
     def report_dmft(rec):
         cache.yield_to_foreground()  # a background solve pauses while a foreground one computes
@@ -377,7 +382,7 @@ def show_status(result, info=None, *, stop_without_kernels: bool = True):
             st.stop()
     elif not result.converged:
         hint = ""
-        if getattr(result, "method", None) == "mala":  # the library's advice names arguments the page does not have
+        if getattr(result, "method", None) == "mala" and result.depth > 1:  # advice the page can act on
             hint = (f" Here each aNBK solve runs {ANBK_PASSES} averaging pass(es) (the library default is 3); "
                     "more Monte Carlo samples in the sidebar lower the noise.")
         st.warning(f"This result did not converge, so read the figures below with care. {result.message}{hint}")

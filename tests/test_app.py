@@ -241,11 +241,12 @@ def test_failed_solve_is_not_drawn(monkeypatch):
 
 
 def test_unconverged_solve_is_drawn_with_a_warning_the_page_can_act_on(monkeypatch):
-    """A relu aNBK solve that misses tol (forced: tol 1e-9) is drawn under a warning naming the page's controls."""
+    """A relu aNBK solve by MALA chains (depth 2) that misses tol (forced: tol 1e-9) is drawn under a warning
+    naming the page's controls."""
     import functools
 
     monkeypatch.setattr(akviz, "anbk", functools.partial(akviz.anbk, tol=1e-9))
-    at = _app(n_train=20, n_test=20, activation="relu", gamma0=0.3, samples=1000).run()
+    at = _app(n_train=20, n_test=20, activation="relu", gamma0=0.3, samples=1000, depth=2).run()
     assert not at.exception, at.exception
     assert not at.error
     text = at.warning[0].value

@@ -22,6 +22,16 @@ def test_solve_nngp_json():
     assert summary["test_loss"] < 1.0 and len(summary["alignment"]) == 1
 
 
+def test_solve_anbk_json_reports_the_saddle_checks():
+    out = _run("solve", "--method", "anbk", "--n-train", "30", "--n-test", "20", "--gamma0", "0.2", "--beta", "1",
+               "--solver", "ais", "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["solver"] == "ais" and summary["converged"] is True and summary["iterations"] >= 2
+    assert 0 < summary["residual"] < 1e-2 and 0.05 < summary["ess"] <= 1
+    assert summary["samples"] >= 131072 and summary["test_loss"] < 1.0
+
+
 def test_datasets_lists_embedded_ones():
     out = _run("datasets", "--json")
     assert out.returncode == 0
@@ -37,6 +47,7 @@ def test_datasets_lists_embedded_ones():
     ["--depth", "0"],
     ["--method", "anbk"],
     ["--method", "magic"],
+    ["--method", "anbk", "--gamma0", "0.1", "--beta", "1", "--depth", "2", "--solver", "ais"],
 ])
 def test_bad_arguments_exit_2_with_one_line(args):
     out = _run("solve", *args, "--json")
