@@ -751,6 +751,10 @@ def _run_mcmc(act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples,
     if mc is not None and init.depth == depth and init.activation == act.name and mc.get("beta") == beta \
             and np.isfinite(mc["phis"]).all():
         init_state, g_from = mc, float(init.gamma0)
+    elif init is not None and init.depth == depth and init.activation == act.name and init.beta == beta \
+            and init.converged and init.kernels.shape[-1] == len(y_train):
+        # another solver's saddle (e.g. "ais" before its reach ended): its kernels, chains from the prior
+        init_state, g_from = {"phis": np.array(init.kernels)}, float(init.gamma0)
     else:
         init_state, g_from = {"phis": np.stack(lazy_kernels(x_train, depth=depth, activation=act).nngp)}, 0.0
     sol = _mcmc.solve(act, c, y_train, gamma0, beta, depth, samples, int(seed), tol, max_iter, init_state,

@@ -79,7 +79,7 @@ GROUPS_PER_BATCH = 8
 #: Degrees of freedom of the ``xi`` Student t (heavier tails than the target's Gaussian ones).
 NU = 5.0
 #: ``xi`` nodes of the mixture, and the grid's half width in units of ``tau`` (t_5 leaves 1e-5 beyond).
-GRID_NODES = 97
+GRID_NODES = 49
 GRID_HALF_WIDTH = 14.0
 #: Population Monte Carlo refit: pseudo-draws at the mean-field mode per component, and the share
 #: of the Student-t weights kept (defensive mixture).
@@ -140,62 +140,67 @@ def _draw_fn(act, k):
     return draw
 
 
-@jax.jit
-def _max_log_weight(a, g, f, base):
-    return jnp.max(base + 0.5 * (g * (f @ a)) ** 2)
+def _unnormalised(a, g, f, base):
+    """Weights ``exp(log w - m)`` of one batch relative to its largest log-weight ``m``, ``s = a . phi``, ``m``.
 
-
-def _unnormalised(a, g, f, base, shift):
-    """Weights ``exp(log w - shift)`` and ``s = a . phi`` of one batch."""
+    Every batch function returns its ``m``; ``_Draws`` rescales the batches' sums by ``exp(m_b - max m)``,
+    so that one pass over the draws gives normalised averages without overflow."""
     s = f @ a
-    return jnp.exp(base + 0.5 * (g * s) ** 2 - shift), s
+    lw = base + 0.5 * (g * s) ** 2
+    m = jnp.max(lw)
+    return jnp.exp(lw - m), s, m
 
 
 @jax.jit
-def _batch_g(a, g, f, base, shift):
+def _batch_g(a, g, f, base):
     """``sum w``, ``sum w^2`` and ``sum w s phi`` (for ``G(a)`` and the ESS): O(N P)."""
-    w, s = _unnormalised(a, g, f, base, shift)
-    return jnp.sum(w), jnp.sum(w * w), (w * s) @ f
+    w, s, m = _unnormalised(a, g, f, base)
+    return m, jnp.sum(w), jnp.sum(w * w), (w * s) @ f
 
 
 @jax.jit
-def _batch_jacobian(a, g, f, f32, base, shift):
+def _batch_jacobian(a, g, f, f32, base):
     """``sum w``, ``sum w s phi``, ``sum w phi phi^T`` and ``sum w s^2 phi phi^T`` (the Grams in float32:
     a Newton direction needs no more, and they are 1.6x faster)."""
-    w, s = _unnormalised(a, g, f, base, shift)
+    w, s, m = _unnormalised(a, g, f, base)
     big_f = (f32 * w.astype(jnp.float32)[:, None]).T @ f32
     t = (f32 * (w * s * s).astype(jnp.float32)[:, None]).T @ f32
-    return jnp.sum(w), (w * s) @ f, big_f.astype(jnp.float64), t.astype(jnp.float64)
+    return m, jnp.sum(w), (w * s) @ f, big_f.astype(jnp.float64), t.astype(jnp.float64)
 
 
 @jax.jit
-def _batch_groups(a, g, f, base, shift):
+def _batch_groups(a, g, f, base):
     """Per-group ``sum w phi phi^T`` and ``sum w`` (float64), and ``sum w^2``: the kernel and its batch means."""
-    w, _ = _unnormalised(a, g, f, base, shift)
+    w, _, m = _unnormalised(a, g, f, base)
     fg = f.reshape(GROUPS_PER_BATCH, -1, f.shape[1])
     wg = w.reshape(GROUPS_PER_BATCH, -1)
-    return jnp.einsum("gnp,gnq->gpq", fg * wg[..., None], fg), jnp.sum(wg, 1), jnp.sum(w * w)
+    return m, jnp.einsum("gnp,gnq->gpq", fg * wg[..., None], fg), jnp.sum(wg, 1), jnp.sum(w * w)
 
 
 @jax.jit
-def _batch_moments(a, g, f, base, shift, w_coord, resp):
+def _batch_weights(a, g, f, base):
+    w, s, m = _unnormalised(a, g, f, base)
+    return m, w, s
+
+
+@jax.jit
+def _batch_moments(a, g, f, base, w_coord, resp):
     """Per-component ``sum_n w_n r_nj`` and ``sum_n w_n r_nj w_n`` (population Monte Carlo)."""
-    w, _ = _unnormalised(a, g, f, base, shift)
+    w, _, m = _unnormalised(a, g, f, base)
     rw = resp.astype(jnp.float64) * w[:, None]
-    return jnp.sum(rw, 0), rw.T @ w_coord
+    return m, jnp.sum(rw, 0), rw.T @ w_coord
 
 
 @functools.lru_cache(maxsize=None)
 def _test_blocks_fn(phi):
     @jax.jit
-    def blocks(a, g, f, base, shift, w_coord, l_test):
-        w, _ = _unnormalised(a, g, f, base, shift)
-        f_test = phi(w_coord @ l_test.T)
-        fw = f_test * w[:, None]
-        # the test-test block in float32: its rounding (1e-7) is far below its Monte Carlo error
-        # (~1e-2), and it is the largest product (the predictor uses the cross block, in float64)
-        tt = fw.astype(jnp.float32).T @ f_test.astype(jnp.float32)
-        return fw.T @ f, tt.astype(jnp.float64)
+    def blocks(a, g, f, f32, base, w_coord, l_test):
+        w, _, m = _unnormalised(a, g, f, base)
+        f_test = phi(w_coord @ l_test.T).astype(jnp.float32)
+        fw = f_test * w.astype(jnp.float32)[:, None]
+        # float32 products: their rounding (~1e-6) is far below the blocks' Monte Carlo error (~1e-2),
+        # and they are the largest products of a solve (N x Q x (P + Q))
+        return m, jnp.sum(w), (fw.T @ f32).astype(jnp.float64), (fw.T @ f_test).astype(jnp.float64)
     return blocks
 
 
@@ -210,37 +215,36 @@ class _Draws:
         self.kappa = prop["kappa"]
         self.n = BATCH * len(batches)
 
-    def _shift(self, a, g):
-        return max(float(_max_log_weight(a, g, b["f"], b["base"])) for b in self.batches)
+    def _combine(self, fn, *args, keys=("f", "base")):
+        """``fn`` on every batch; its outputs after the batch's shift ``m`` rescaled to the common one."""
+        parts = [fn(*args, *(b[k] for k in keys)) for b in self.batches]
+        shifts = np.array([float(q[0]) for q in parts])
+        scale = np.exp(shifts - shifts.max())
+        return [[np.asarray(x) * c for x in q[1:]] for q, c in zip(parts, scale)], scale
 
     def g_value(self, a, g):
         """``G(a)`` and the ESS fraction: O(N P)."""
-        a = jnp.asarray(a)
-        shift = self._shift(a, g)
-        parts = [_batch_g(a, g, b["f"], b["base"], shift) for b in self.batches]
-        total, sq = sum(float(q[0]) for q in parts), sum(float(q[1]) for q in parts)
-        fa = sum(np.asarray(q[2]) for q in parts) / total
+        parts, scale = self._combine(_batch_g, jnp.asarray(a), g)
+        total = sum(float(q[0]) for q in parts)
+        sq = sum(float(q[1]) * c for q, c in zip(parts, scale))  # sum w^2 scales with c^2
+        fa = sum(q[2] for q in parts) / total
         return fa + self.inv_beta * np.asarray(a) - self.y, total * total / (sq * self.n)
 
     def jacobian(self, a, g):
         """``G(a)`` and ``J(a) = F + I/beta + g^2 (T - (F a)(F a)^T)``."""
-        a = jnp.asarray(a)
-        shift = self._shift(a, g)
-        parts = [_batch_jacobian(a, g, b["f"], b["f32"], b["base"], shift) for b in self.batches]
+        parts, _ = self._combine(_batch_jacobian, jnp.asarray(a), g, keys=("f", "f32", "base"))
         total = sum(float(q[0]) for q in parts)
-        fa, big_f, t = (sum(np.asarray(q[i]) for q in parts) / total for i in (1, 2, 3))
+        fa, big_f, t = (sum(q[i] for q in parts) / total for i in (1, 2, 3))
         jac = big_f + self.inv_beta * np.eye(len(fa)) + g * g * (t - np.outer(fa, fa))
         return fa + self.inv_beta * np.asarray(a) - self.y, jac
 
     def estimate(self, a, g):
         """``F(a)`` (float64), its relative Monte Carlo standard error (batch means of the ratio
         estimator over ``GROUPS_PER_BATCH`` groups a batch) and the ESS fraction."""
-        a = jnp.asarray(a)
-        shift = self._shift(a, g)
-        parts = [_batch_groups(a, g, b["f"], b["base"], shift) for b in self.batches]
-        sums = np.concatenate([np.asarray(q[0]) for q in parts])
-        totals = np.concatenate([np.asarray(q[1]) for q in parts])
-        sq = sum(float(q[2]) for q in parts)
+        parts, scale = self._combine(_batch_groups, jnp.asarray(a), g)
+        sums = np.concatenate([q[0] for q in parts])
+        totals = np.concatenate([q[1] for q in parts])
+        sq = sum(float(q[2]) * c for q, c in zip(parts, scale))
         total = totals.sum()
         big_f = sums.sum(0) / total
         groups = len(totals)
@@ -250,20 +254,22 @@ class _Draws:
 
     def weights(self, a, g):
         """Normalised weights (all batches, in order) and ``s = a . phi``."""
-        a = jnp.asarray(a)
-        shift = self._shift(a, g)
-        parts = [_unnormalised(a, g, b["f"], b["base"], shift) for b in self.batches]
-        w = np.concatenate([np.asarray(q[0]) for q in parts])
-        return w / w.sum(), np.concatenate([np.asarray(q[1]) for q in parts])
+        parts, _ = self._combine(_batch_weights, jnp.asarray(a), g)
+        w = np.concatenate([q[0] for q in parts])
+        return w / w.sum(), np.concatenate([q[1] for q in parts])
 
     def refit(self, a, g):
         """What ``_Problem.proposal`` needs to refit the mixture to the target at ``a``."""
-        a = jnp.asarray(a)
-        shift = self._shift(a, g)
-        parts = [_batch_moments(a, g, b["f"], b["base"], shift, b["w"], b["resp"]) for b in self.batches]
-        mass, sums = (sum(np.asarray(q[i]) for q in parts) for i in (0, 1))
+        parts, _ = self._combine(_batch_moments, jnp.asarray(a), g, keys=("f", "base", "w", "resp"))
+        mass, sums = (sum(q[i] for q in parts) for i in (0, 1))
         total = mass.sum()
-        return {"xis": self.prop["xis"], "mass": mass / total, "sums": sums / total}
+        return {"xis": self.prop["xis"], "mass": mass / total, "sums": sums / total, "n": self.n}
+
+    def test_blocks(self, fn, a, g):
+        """Weighted ``<phi_test phi_train^T>`` and ``<phi_test phi_test^T>`` over the draws."""
+        parts, _ = self._combine(fn, jnp.asarray(a), g, keys=("f", "f32", "base", "w"))
+        total = sum(float(q[0]) for q in parts)
+        return sum(q[1] for q in parts) / total, sum(q[2] for q in parts) / total
 
 
 # ---------------------------------------------------------------- the problem
@@ -431,7 +437,8 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
         ok = phi is not None and res < tol and ess >= ess_floor and kappa < 1
         rec = record("solve", g, d, (fresh, mc, ess), residual=res, residual_dual=res_dual)
         stop = callback is not None and callback(iterations, rec) is False
-        if ok or stop or it == max_iter - 1 or ess < ess_floor:
+        # a solved state whose tilted density does not normalise is out of reach: more draws cannot help
+        if ok or stop or it == max_iter - 1 or ess < ess_floor or (phi is not None and kappa >= 1):
             if stop and not ok:
                 message = f"stopped by the callback after {iterations} iterations"
             break
@@ -442,7 +449,7 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
         a, gres, nit, note = _newton(d, a, g)
         history[-1].update(newton_residual=gres, newton_iterations=nit)
         phi = d.estimate(a, g)[0]
-        refit = dict(d.refit(a, g), n=d.n)
+        refit = d.refit(a, g)
         if note and gres > 1e-6:
             history[-1]["note"] = note
     checked = phi is not None
@@ -492,15 +499,9 @@ def _full_kernel(prob, phi, d, a, g):
     out[:p, :p] = phi
     if q == 0:
         return out
-    fn = _test_blocks_fn(prob.act.fn)
-    a = jnp.asarray(a)
-    shift = d._shift(a, g)
-    total = sum(float(_batch_g(a, g, b["f"], b["base"], shift)[0]) for b in d.batches)
-    cross, test = 0.0, 0.0
-    for b in d.batches:
-        tp, tt = fn(a, g, b["f"], b["base"], shift, b["w"], prob.l_test)
-        cross, test = cross + np.asarray(tp), test + np.asarray(tt)
-    out[p:, :p] = cross / total
-    out[:p, p:] = out[p:, :p].T
-    out[p:, p:] = 0.5 * (test + test.T) / total
+    blocks = _test_blocks_fn(prob.act.fn)
+    cross, test = d.test_blocks(lambda a, g, f, f32, base, w: blocks(a, g, f, f32, base, w, prob.l_test), a, g)
+    out[p:, :p] = cross
+    out[:p, p:] = cross.T
+    out[p:, p:] = 0.5 * (test + test.T)
     return out
