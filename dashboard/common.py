@@ -173,10 +173,11 @@ def problem_key(s: Settings, method: str) -> tuple:
     return (method, s.dataset, s.n_train, s.n_test, s.seed, s.depth, s.activation, strength, s.samples)
 
 
-#: Averaging/evaluate passes of one aNBK solve by MALA chains in the dashboard at depth >= 2 (the
-#: library default is 3): one pass keeps the slider responsive; the result still reports its
-#: residual, Monte Carlo error and whether it converged. Depth 1 uses the library defaults (adaptive
-#: importance sampling, then 3 MALA passes where its reach ends).
+#: ``max_iter`` of one aNBK solve in the dashboard: MALA chains run one averaging/evaluate pass
+#: (the library default is 3), and at depth 1 adaptive importance sampling runs its minimum of two
+#: draws (one to solve, one to check; the library default of 8 draws more where the noise needs
+#: it). This keeps the slider responsive; the result still reports its residual, Monte Carlo error
+#: and whether it converged.
 ANBK_PASSES = 1
 
 #: Budgets of one aNTK solve in the dashboard: integrator steps (depth 1 hands over to L-BFGS after
@@ -248,9 +249,8 @@ def solver_for(s: Settings, method: str, progress=None):
                 progress(f"aNBK pass {iteration}: {phase}, round {state['round']}" if phase else
                          f"aNBK iteration {iteration} done")
 
-        passes = {} if s.depth == 1 else {"max_iter": ANBK_PASSES}
         return lambda g, init: akviz.anbk(ds, gamma0=g, beta=s.beta, depth=s.depth, activation=s.activation,
-                                          seed=s.seed, init=init, callback=report, **passes, **extra)
+                                          seed=s.seed, init=init, callback=report, max_iter=ANBK_PASSES, **extra)
 
     def report_dmft(rec):
         cache.yield_to_foreground()  # a background solve pauses while a foreground one computes
@@ -382,9 +382,12 @@ def show_status(result, info=None, *, stop_without_kernels: bool = True):
             st.stop()
     elif not result.converged:
         hint = ""
-        if getattr(result, "method", None) == "mala" and result.depth > 1:  # advice the page can act on
-            hint = (f" Here each aNBK solve runs {ANBK_PASSES} averaging pass(es) (the library default is 3); "
-                    "more Monte Carlo samples in the sidebar lower the noise.")
+        if getattr(result, "method", None) == "mala":  # advice the page can act on
+            hint = (f" Here each aNBK solve runs {ANBK_PASSES} averaging pass(es) (the library default is 3)"
+                    + ("; more Monte Carlo samples in the sidebar lower the noise." if result.depth > 1 else "."))
+        elif getattr(result, "method", None) == "ais":
+            hint = (" Here each aNBK solve draws twice (the library's default solve draws more where the "
+                    "Monte Carlo error needs it: `akviz.anbk(...)` or `python -m akviz solve --method anbk`).")
         st.warning(f"This result did not converge, so read the figures below with care. {result.message}{hint}")
 
 
