@@ -421,3 +421,20 @@ def test_ais_is_depth_one_only():
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
     with pytest.raises(ValueError, match="depth 1"):
         anbk(ds, gamma0=0.1, beta=1.0, depth=2, method="ais")
+
+
+def test_ais_preactivation_samples_reproduce_its_kernels():
+    """The kept draws (pool and weights) are the tilted density: their weighted relu moments give back the
+    solved kernel's train and test entries (within the pool's Monte Carlo error)."""
+    from akviz.anbk_ais import BATCH
+
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    res = anbk(ds, gamma0=0.3, beta=1.0, method="ais", samples=BATCH)
+    assert res.converged, res.message
+    for split, offset in (("train", 0), ("test", 30)):
+        s = preactivation_samples(res, 1, [0, 1, 2], split=split)
+        f = np.maximum(s["tilted"], 0)
+        moments = (f * s["weights"][:, None]).T @ f
+        want = res.kernels_full[0][offset:offset + 3, offset:offset + 3]
+        assert _rel_err(moments, want) < 0.05, (split, moments, want)
+        assert s["ess"] > 0.5
