@@ -593,8 +593,8 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
         phases, default 3, each after a longer averaging phase that continues the Polyak average of
         the previous ones).
       init: a previous :class:`ANBKResult` on the same data and depth (warm start:
-        kernels, duals and MALA chains are reused; neighbouring ``gamma0`` values
-        solve in a few iterations).
+        kernels, duals, MALA chains or the importance sampler's ``a`` and proposal scales are
+        reused; neighbouring ``gamma0`` values solve in a few iterations).
       callback: ``callback(iteration, state_dict)`` after each iteration (its ``history`` record);
         ``"mala"`` also calls it after every chunk of 24 rounds with ``{"iteration", "phase"
         ("relaxing", "averaging" or "evaluating"), "round", "seconds"}``. Returning ``False``
