@@ -196,7 +196,7 @@ def _test_blocks_fn(phi):
     @jax.jit
     def blocks(a, g, f, f32, base, w_coord, l_test):
         w, _, m = _unnormalised(a, g, f, base)
-        f_test = phi(w_coord @ l_test.T).astype(jnp.float32)
+        f_test = phi(w_coord.astype(jnp.float32) @ l_test.astype(jnp.float32).T)
         fw = f_test * w.astype(jnp.float32)[:, None]
         # float32 products: their rounding (~1e-6) is far below the blocks' Monte Carlo error (~1e-2),
         # and they are the largest products of a solve (N x Q x (P + Q))
