@@ -773,10 +773,10 @@ def _run_mcmc(act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples,
 def _run_ais(act, c_full, c, x_train, y_train, p, gamma0, beta, samples, seed, tol, max_iter, init, callback, start):
     """Adaptive importance sampling (akviz.anbk_ais), depth 1; warm start from any compatible ``init``."""
     a0, tau0, g_from = None, None, 0.0
-    if init is not None and init.depth == 1 and init.activation == act.name and init.kernels.shape[-1] == p \
-            and np.isfinite(init.kernels).all():
+    if init is not None and init.depth == 1 and init.activation == act.name and init.beta == beta \
+            and init.kernels.shape[-1] == p and np.isfinite(init.kernels).all():
         st = (init._state or {}).get("ais")
-        if st is not None and st["beta"] == beta:
+        if st is not None:
             a0, tau0 = st["a"], st["tau"]
         else:  # another solver's kernels: the saddle's a follows from them
             a0 = np.linalg.solve(init.kernels[-1] + np.eye(p) / beta, y_train)
