@@ -85,6 +85,9 @@ from .regression import kernel_ridge, score
 
 #: ESS (fraction of samples) below which an importance-sampling result is not trusted.
 ESS_FLOOR = 0.05
+#: Default ``samples`` and ``max_iter`` per solver (others: 2048 and 30).
+_DEFAULT_SAMPLES = {"ais": _ais.DEFAULT_SAMPLES, "hs": 10240, "is": 4096, "mala": 2048}
+_DEFAULT_MAX_ITER = {"ais": 8, "mala": 3}
 #: Chain groups for batch-means standard errors (chains are independent across groups).
 _GROUPS = _mcmc.GROUPS
 _MIN_ROUNDS = _mcmc.SNAP_EVERY
@@ -621,14 +624,9 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
     fallback = method == "auto"
     if method == "auto":
         method = "exact" if act.name == "linear" else "ais" if depth == 1 else "mala"
-    mala_samples = 2048 if samples is None else samples
-    mala_max_iter = 3 if max_iter is None else max_iter
-    if samples is None:
-        samples = {"ais": _ais.DEFAULT_SAMPLES, "hs": 10240, "is": 4096}.get(method, 2048)
-    samples = _check_positive_int("samples", samples)
-    if max_iter is None:
-        max_iter = {"mala": 3, "ais": 8}.get(method, 30)
-    max_iter = _check_positive_int("max_iter", max_iter)
+    samples_arg, max_iter_arg = samples, max_iter  # as given: a MALA fallback takes its own defaults
+    samples = _check_positive_int("samples", _DEFAULT_SAMPLES.get(method, 2048) if samples is None else samples)
+    max_iter = _check_positive_int("max_iter", _DEFAULT_MAX_ITER.get(method, 30) if max_iter is None else max_iter)
     if fallback and method == "ais":
         max_iter = max(max_iter, 2)  # one iteration to solve, one to check it on fresh draws
     if rounds is not None:
@@ -671,14 +669,15 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
         state = {"chains": None, "ms": np.array(ms)}
         final = None
     elif method == "ais":
-        sol, phis, ms, final, state, full = _run_ais(act, c_full, c, x_train, y_train, p, gamma0, beta, samples,
+        sol, phis, ms, final, state, full = _run_ais(act, c_full, x_train, y_train, p, gamma0, beta, samples,
                                                      seed, tol, max_iter, init, callback, start)
         if fallback and sol["beyond_reach"]:  # auto: persistent MALA chains reach further (THEORY.md 3.4)
             tried = sol
-            method, samples = "mala", _check_positive_int("samples", mala_samples)
+            method = "mala"
+            samples = _DEFAULT_SAMPLES["mala"] if samples_arg is None else samples
             sol, phis, ms, final, state, full = _run_mcmc(
                 act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples, seed, tol,
-                _check_positive_int("max_iter", mala_max_iter), init, callback, start, rounds)
+                _DEFAULT_MAX_ITER["mala"] if max_iter_arg is None else max_iter_arg, init, callback, start, rounds)
             sol["message"] = (f"{sol['message']} (MALA, after adaptive importance sampling gave up: "
                               f"{tried['message']})")
             sol["history"] = [dict(h, solver="ais") for h in tried["history"]] + list(sol["history"])
@@ -770,7 +769,7 @@ def _run_mcmc(act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples,
     return sol, phis, ms, final, state, full
 
 
-def _run_ais(act, c_full, c, x_train, y_train, p, gamma0, beta, samples, seed, tol, max_iter, init, callback, start):
+def _run_ais(act, c_full, x_train, y_train, p, gamma0, beta, samples, seed, tol, max_iter, init, callback, start):
     """Adaptive importance sampling (akviz.anbk_ais), depth 1; warm start from any compatible ``init``."""
     a0, tau0, g_from = None, None, 0.0
     if init is not None and init.depth == 1 and init.activation == act.name and init.beta == beta \

@@ -194,7 +194,7 @@ def _batch_moments(a, g, f, base, w_coord, resp):
 @functools.lru_cache(maxsize=None)
 def _test_blocks_fn(phi):
     @jax.jit
-    def blocks(a, g, f, f32, base, w_coord, l_test):
+    def blocks(a, g, l_test, f, f32, base, w_coord):
         w, _, m = _unnormalised(a, g, f, base)
         f_test = phi(w_coord.astype(jnp.float32) @ l_test.astype(jnp.float32).T)
         fw = f_test * w.astype(jnp.float32)[:, None]
@@ -265,9 +265,9 @@ class _Draws:
         total = mass.sum()
         return {"xis": self.prop["xis"], "mass": mass / total, "sums": sums / total, "n": self.n}
 
-    def test_blocks(self, fn, a, g):
+    def test_blocks(self, fn, a, g, l_test):
         """Weighted ``<phi_test phi_train^T>`` and ``<phi_test phi_test^T>`` over the draws."""
-        parts, _ = self._combine(fn, jnp.asarray(a), g, keys=("f", "f32", "base", "w"))
+        parts, _ = self._combine(fn, jnp.asarray(a), g, l_test, keys=("f", "f32", "base", "w"))
         total = sum(float(q[0]) for q in parts)
         return sum(q[1] for q in parts) / total, sum(q[2] for q in parts) / total
 
@@ -499,8 +499,7 @@ def _full_kernel(prob, phi, d, a, g):
     out[:p, :p] = phi
     if q == 0:
         return out
-    blocks = _test_blocks_fn(prob.act.fn)
-    cross, test = d.test_blocks(lambda a, g, f, f32, base, w: blocks(a, g, f, f32, base, w, prob.l_test), a, g)
+    cross, test = d.test_blocks(_test_blocks_fn(prob.act.fn), a, g, prob.l_test)
     out[p:, :p] = cross
     out[:p, p:] = cross.T
     out[p:, p:] = 0.5 * (test + test.T)

@@ -167,10 +167,17 @@ def solution_cache() -> SolutionCache:
     return SolutionCache(max_entries=48)
 
 
+def solve_samples(s: Settings, method: str):
+    """The ``samples`` a solve gets, None for the solver's own: "auto", and aNBK at depth 1, which sizes its
+    own draws (>= 131072 per iteration, more where the noise needs it)."""
+    return None if s.samples == "auto" or (method == "anbk" and s.depth == 1) else int(s.samples)
+
+
 def problem_key(s: Settings, method: str) -> tuple:
     """Everything but gamma0 that identifies a solve: the key of the shared SolutionCache."""
     strength = s.beta if method == "anbk" else s.weight_decay
-    return (method, s.dataset, s.n_train, s.n_test, s.seed, s.depth, s.activation, strength, s.samples)
+    return (method, s.dataset, s.n_train, s.n_test, s.seed, s.depth, s.activation, strength,
+            solve_samples(s, method))
 
 
 #: ``max_iter`` of one aNBK solve in the dashboard: MALA chains run one averaging/evaluate pass
@@ -236,9 +243,8 @@ def prefetch_order(gamma0: float, previous: float | None = None) -> list:
 def solver_for(s: Settings, method: str, progress=None):
     """``solver(gamma0, init)`` for the current settings; ``progress(text)`` receives solver progress."""
     ds = dataset(**s.data)
-    # aNBK at depth 1 sizes its own draws (>= 131072 per iteration, more where the noise needs it)
-    own = s.samples == "auto" or (method == "anbk" and s.depth == 1)
-    extra = {} if own else {"samples": int(s.samples)}
+    samples = solve_samples(s, method)
+    extra = {} if samples is None else {"samples": samples}
     cache = solution_cache()  # taken here, in the script's thread: the callbacks may run in the background's
 
     if method == "anbk":
