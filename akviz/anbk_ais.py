@@ -31,7 +31,9 @@ over nodes ``xi_j`` (``GRID_NODES`` on ``[-14 tau, 14 tau]``):
   ``(xi, w)`` jointly.
 * The slope ``kappa = |mu(xi)| / |xi|`` at the grid's ends is the tail's decay:
   the ``xi`` marginal falls like ``exp(-(1 - kappa^2) xi^2 / 2)``. At ``kappa >= 1``
-  the tilted density does not normalise, and the result says so.
+  the tilted density does not normalise, and the result says so. Why solved states reach
+  ``kappa = 1`` from ``gamma0 ~ 0.6`` (``beta = 1``), and a prototype that adds the missing
+  condensate there: ``benchmarks/anbk_condensate.py``.
 
 **Sample-average Newton.** With the draws fixed, the self-normalised weights depend
 on ``a`` only through ``g^2 s_n^2 / 2``, ``s_n = a . phi_n``, so
