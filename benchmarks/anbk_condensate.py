@@ -15,44 +15,55 @@ a maximum of functions linear in ``a``, so an intersection of half-spaces ``g si
 ``sum_i A_i v_i v_i^T a`` with ``A_i = g^2 mu_i``: a *condensate*, rank-one pieces of ``Phi`` along the
 ridges of the tilt, carried by draws that run off to infinity along ``u_i``. (At finite width: a few
 neurons of norm ``~ sqrt(N)``.) The sample averages cannot see it, which is why the solvers of
-``akviz.anbk`` stall at ``gamma0 >= 0.6`` (``beta = 1``) with ``kappa`` at 1 and a map that is steep
+``akviz.anbk`` stall from ``gamma0 ~ 0.6`` (``beta = 1``) with ``kappa`` at 1 and a map that is steep
 along the task direction (README, ``benchmarks/anbk_edge.py``).
 
 **What this script does.** The ``xi`` integral of the Hubbard-Stratonovich form is cut at
-``|xi| <= X`` (the weight gains ``ndtr(X - g s) - ndtr(-X - g s)``); the rest is left to the
-condensate. Draws come from ``akviz.anbk_ais``'s mixture. Per draw (the sample average fixed) a
-log-barrier path (``t`` from 1e-2 to 1e-6) solves ``min U`` subject to the cuts found so far, with
-``akviz.anbk_ais._newton``; after each Newton solve a multi-start projected-gradient ascent on the
-sphere finds ``kappa``'s maximiser for each sign, and a maximiser with ``kappa > 1 - 1e-3`` becomes a
-new cut. Then the next draw checks the state on fresh draws: the residual
-``||F_fresh(a) + C - Phi|| / ||Phi||``, ``Phi = F(a) + C``, ``C = sum_i A_i v_i v_i^T``.
+``|xi| <= X``: the weight's ``g^2 s^2 / 2`` becomes ``l(g s) = log int_{|xi| <= X} N(xi) e^{xi g s} d xi``
+(still convex), and the rest is left to the condensate. Draws come from ``akviz.anbk_ais``'s mixture.
+Per draw (the sample average fixed) Newton follows a log-barrier path (``t`` from 1e-2 to 1e-6) on the
+cuts found so far; after each solve a multi-start projected-gradient ascent on the sphere finds
+``kappa``'s maximiser for each sign, and one above ``1 - 1e-3`` becomes a new cut. Default: Newton on
+the saddle map ``(F(a) + I/beta) a - y`` plus the barrier (``anbk_ais._newton``). ``--convex``: Newton
+on the exact gradient of ``log Z_X / g^2 + |a|^2 / (2 beta) - y . a`` plus the barrier, the objective
+as merit, warm draws on the last barrier only. The next draw checks the state on fresh draws: the
+residual ``||F_fresh(a) + C - Phi|| / ||Phi||``, ``Phi = F(a) + C``, ``C = sum_i A_i v_i v_i^T``,
+``A_i = g^2 t / slack_i``, ``F`` the cut target's ``<phi phi^T>``.
 
-**Measured** (digits:3v8, P=100, relu, ``beta = 1``, X = 4, 262144 draws, warm from the AIS
-solution at ``gamma0 / 2``; 2-core AMD EPYC). The first two items come from a draft of this file
-with the same algorithm and 256 starts; the others from this file with ``--starts 128``:
+**Measured** (digits:3v8, P=100, relu, X = 4, 262144 draws unless said, 128 starts; 2-core AMD EPYC).
 
-* ``gamma0 = 0.8``: first draw Monte Carlo error 0.007, ESS 77%; 18 cuts; the condensate is 30% of
-  ``||Phi||``; test MSE 0.1356 (NNGP 0.2428); fresh-draw residuals 0.020, 0.021 (Monte Carlo errors
-  0.010, 0.013), then the ESS fell to 9% after three refits of the mixture (residual 0.049).
-* ``gamma0 = 1``: condensate 41% of ``||Phi||``, test MSE 0.1301 and alignment 0.497, against
-  Langevin-sampled networks at N=1024 (``python -m akviz compare --method anbk --width 1024
-  --gamma0 1 --beta 1``): 0.1301 +- 0.0003 and 0.5005. Residuals 0.022, 0.027 (Monte Carlo error
-  0.012, 0.017).
-* ``gamma0 = 1`` with 1048576 draws (``--samples 1048576``): first draw Monte Carlo error 0.0045,
-  ESS 60%, condensate 41%, test MSE 0.1295, alignment 0.4977; the second draw's residual 0.0101
-  (Monte Carlo error 0.0103, ESS 16%), test MSE 0.1299, alignment 0.4983; 157-199 s a solve.
-* ``beta = 10``, ``gamma0 = 1`` (from the AIS state at 0.5, itself not converged): the Newton solves
-  stall (``|G| / |y|`` 0.61), the condensate stays under 0.4%, test MSE 0.128-0.130 against 0.1173
-  +- 0.0003 for the networks. Not solved.
-* Unsolved here: the cuts multiply (18 -> 53 at 0.8; the maximisers seem to fill a face, not a few
-  points), the mixture refit lowers the ESS from draw to draw, and a draw's solve takes 40-55 s,
-  mostly in the sphere ascents.
+``beta = 1``, warm from the AIS solution at ``gamma0 / 2`` (the default mode):
 
-    python benchmarks/anbk_condensate.py --beta 1 --gammas 0.8 1 [--cut 4] [--samples 262144]
+* ``gamma0 = 1``: the condensate carries 41-42% of ``||Phi||``; test MSE 0.1289-0.1300 and alignment
+  0.4977-0.4985 over three draws, against Langevin-sampled networks at N=1024 (``python -m akviz
+  compare --method anbk --width 1024 --gamma0 1 --beta 1``): 0.1301 +- 0.0003 and 0.5005.
+  Fresh-draw residuals 0.019 and 0.029 (Monte Carlo error 0.012, 0.022; ESS 59% -> 23%); 43-68 s
+  a solve. With ``--samples 1048576`` (commit 19aa03c, the same algorithm): residuals 0.0101 and
+  0.0091 (Monte Carlo error 0.0103, 0.0087; ESS 16-22%), test MSE 0.1296-0.1299, 128-199 s a solve.
+* ``gamma0 = 0.8`` (a draft of this file, 256 starts): condensate 30%, test MSE 0.1356 (NNGP 0.2428),
+  residuals 0.020, 0.021 (Monte Carlo error 0.010, 0.013), then the ESS fell to 9% after three refits
+  of the mixture (residual 0.049).
+* A fragile point: a version that also shrank ``a`` when the ascent re-found a known ridge slightly
+  above 1 (unconverged ascents) lost the condensate (0.1-0.2%, test MSE 0.161).
+
+``beta = 10``, from the AIS solution at 0.25 (or 0.1), through 0.5 to 1: **not solved.** The default
+mode's Newton solves stall in the ESS trust region (``|G| / |y|`` 0.43 at 0.5, 0.61 at 1). With
+``--convex`` they converge, but the state flips between draws (at 0.5 the condensate is 45%, then
+0.1%) and at 1 stays at 0.2%: alignment 0.39 and test MSE 0.128, against 0.4715 and 0.1173 +- 0.0003
+for Langevin networks at N=1024 and 0.4686 / 0.1174 for ``method="mala"``. MALA's kernel minus the cut
+sample average at MALA's own ``a`` is close to PSD and 40% of ``||Phi||`` (``kappa`` there 1.02-1.03):
+a condensate of that size is what the networks have, and this formulation does not find it.
+``--cut 8`` did not either (test MSE 0.1245, ESS 4-6%). Open as well: the cuts multiply (10 -> 75
+per ``gamma0``; the maximisers seem to fill a face, not a few points), the mixture refit lowers the ESS
+from draw to draw, and a draw's solve takes 25-115 s, almost all in the Newton solves (the sphere
+ascents take about 1 s).
+
+    python benchmarks/anbk_condensate.py --beta 1 --gammas 1 [--cut 4] [--samples 262144] [--convex]
 """
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -76,12 +87,41 @@ def truncated_weights(cut):
     """anbk_ais's per-batch weights with the ``xi`` integral cut at ``|xi| <= cut``."""
     def unnormalised(a, g, f, base):
         s = f @ a
-        gs = g * s
-        trunc = jax.scipy.special.ndtr(cut - gs) - jax.scipy.special.ndtr(-cut - gs)
-        lw = base + 0.5 * gs**2 + jnp.log(jnp.maximum(trunc, 1e-300))
+        lw = base + _ell(g * s, cut)[0]
         m = jnp.max(lw)
         return jnp.exp(lw - m), s, m
     return unnormalised
+
+
+def _ell(t, cut):
+    """``l(t) = log int_{|xi| <= cut} N(xi) e^{xi t} d xi`` (up to a constant), ``l'`` and ``l''`` in ``t``.
+
+    ``l = t^2/2 + log T``, ``T = ndtr(cut - t) - ndtr(-cut - t)``: convex in ``t`` (a log-Laplace transform),
+    so ``log Z / g^2`` stays convex in ``a`` after the cut. ``l`` is even; everything is computed at
+    ``u = |t|`` in logs, since ``T`` underflows far past the cut."""
+    u = jnp.abs(t)
+    log_n = lambda z: -0.5 * z * z - 0.5 * math.log(2 * math.pi)  # noqa: E731
+    hi = jax.scipy.special.log_ndtr(cut - u)
+    log_t = hi + jnp.log1p(-jnp.exp(jax.scipy.special.log_ndtr(-cut - u) - hi))
+    r = -jnp.exp(log_n(cut - u) + jnp.log1p(-jnp.exp(-2 * cut * u)) - log_t)  # T'/T at u
+    d2 = -((cut + u) * jnp.exp(log_n(cut + u) - log_t) + (cut - u) * jnp.exp(log_n(cut - u) - log_t))
+    return 0.5 * u * u + log_t, jnp.sign(t) * (u + r), 1.0 + d2 - r * r
+
+
+def _batch_convex(cut):
+    """Per batch: ``m``, ``sum w``, ``sum w q phi`` and ``sum w (l'' phi phi^T + q^2 phi phi^T)`` (float32 Grams),
+    ``q = l'(g s)``: the gradient and Hessian of ``log Z_cut(a) / g^2`` are ``E[q phi] / g`` and
+    ``E[l'' phi phi^T] + E[q^2 phi phi^T] - E[q phi] E[q phi]^T``."""
+    @jax.jit
+    def fn(a, g, f, f32, base):
+        s = f @ a
+        ell, q, q2 = _ell(g * s, cut)
+        lw = base + ell
+        m = jnp.max(lw)
+        w = jnp.exp(lw - m)
+        gram = (f32 * (w * (q2 + q * q)).astype(jnp.float32)[:, None]).T @ f32
+        return m, jnp.sum(w), (w * q) @ f, gram.astype(jnp.float64)
+    return fn
 
 
 @jax.jit
@@ -96,22 +136,29 @@ def _ascend(lmat, b, u):
     return u, jnp.sum(b * jax.nn.relu(u @ lmat.T), 1)
 
 
-def ridge(lmat, b, previous, starts, rng):
-    """``max_u b . relu(L u)`` over the unit sphere (multi-start, from the previous maximisers too)."""
+def ridges(lmat, b, previous, starts, rng, floor):
+    """Local maxima of ``b . relu(L u)`` on the unit sphere above ``floor`` (multi-start, from the previous
+    maximisers too), best first, and the largest value."""
     u = rng.standard_normal((starts, lmat.shape[1]))
     if previous:
         u[: len(previous)] = np.array(previous[:starts])
     u /= np.linalg.norm(u, axis=1, keepdims=True)
-    u, val = _ascend(jnp.asarray(lmat), jnp.asarray(b), jnp.asarray(u))
-    i = int(jnp.argmax(val))
-    return float(val[i]), np.asarray(u[i])
+    u, val = (np.asarray(x) for x in _ascend(jnp.asarray(lmat), jnp.asarray(b), jnp.asarray(u)))
+    order = np.argsort(-val)
+    return float(val[order[0]]), [u[i] for i in order if val[i] > floor]
 
 
 class _Barrier:
-    """A draw's sample average plus the log barrier of the cuts ``g sigma_i v_i . a < 1`` (anbk_ais._newton's interface)."""
+    """The barrier problem on one draw (``anbk_ais._newton``'s interface, and ``objective`` for ``newton``).
 
-    def __init__(self, draws, rows, t):
-        self.d, self.rows, self.t, self.y = draws, rows, t, draws.y
+    Default: the saddle's own map ``G(a) = (F(a) + I/beta) a - y`` plus the barrier's gradient
+    ``sum_i t g sigma_i v_i / slack_i``, ``slack_i = 1 - g sigma_i v_i . a`` (the cuts' rows ``g sigma_i v_i``
+    in ``rows``). With ``convex_fn`` (``--convex``): the exact gradient and Hessian of
+    ``log Z_X(a) / g^2 + |a|^2 / (2 beta) - y . a - t sum_i log slack_i``, which after the cut differs
+    from ``G`` by ``E[(l'(g s) / g - s) phi]``."""
+
+    def __init__(self, draws, rows, t, convex_fn=None):
+        self.d, self.rows, self.t, self.y, self.fn = draws, rows, t, draws.y, convex_fn
 
     def _terms(self, a):
         slack = 1 - self.rows @ a
@@ -125,30 +172,79 @@ class _Barrier:
         return (gv + grad if grad is not None else np.full_like(gv, np.inf)), ess
 
     def jacobian(self, a, g):
-        gv, jac = self.d.jacobian(a, g)
         grad, hess = self._terms(a)
-        return gv + grad, jac + hess
+        if self.fn is None:
+            gv, jac = self.d.jacobian(a, g)
+            return gv + grad, jac + hess
+        parts, _ = self.d._combine(self.fn, jnp.asarray(a), g, keys=("f", "f32", "base"))
+        total = sum(float(q[0]) for q in parts)
+        eq, gram = (sum(q[i] for q in parts) / total for i in (1, 2))
+        gv = eq / g + self.d.inv_beta * np.asarray(a) - self.y + grad
+        return gv, gram - np.outer(eq, eq) + self.d.inv_beta * np.eye(len(a)) + hess
+
+    def objective(self, a, g):
+        """``log Z / g^2 + |a|^2 / (2 beta) - y . a - t sum log slack`` on the draw (inf outside the cuts)."""
+        slack = 1 - self.rows @ a
+        if np.any(slack <= 0):
+            return math.inf
+        parts = [anbk_ais._batch_g(jnp.asarray(a), g, b["f"], b["base"]) for b in self.d.batches]
+        log_z = np.logaddexp.reduce([float(q[0]) + math.log(float(q[1])) for q in parts])
+        return (log_z / (g * g) + 0.5 * self.d.inv_beta * float(a @ a) - float(self.y @ a)
+                - self.t * float(np.sum(np.log(slack))))
 
 
-def solve_draw(draws, a, g, lmat, cuts, previous, starts, rng):
-    """The barrier path on one draw; cuts (``{"v", "u", "sign"}``) are added as the ridge ascent finds them."""
+def newton(bar, a, g, iterations=30, tol=1e-8):
+    """Damped Newton on the barrier problem, the objective as merit (Armijo backtracking).
+
+    (anbk_ais._newton's merit, ``|G|``, and its ESS trust region stall here at ``beta = 10``.)"""
+    y_norm = float(np.linalg.norm(bar.y))
+    u = bar.objective(a, g)
+    gn = math.inf
+    for _ in range(iterations):
+        gv, jac = bar.jacobian(a, g)
+        gn = float(np.linalg.norm(gv))
+        if gn <= tol * y_norm:
+            break
+        step = np.linalg.solve(jac, -gv)
+        slope = float(gv @ step)
+        t = 1.0
+        while t > 1e-6:
+            u2 = bar.objective(a + t * step, g)
+            if u2 <= u + 1e-4 * t * slope:
+                break
+            t *= 0.5
+        else:
+            break
+        a, u = a + t * step, u2
+    return a, gn / y_norm
+
+
+def solve_draw(draws, a, g, lmat, cuts, previous, starts, rng, timing, convex_fn, new_cuts, path=BARRIER_PATH):
+    """The barrier path on one draw; cuts (``{"v", "u", "sign"}``) are added as the ridge ascent finds them.
+
+    With ``convex_fn`` the objective is the merit (``newton``), else ``|G|`` with anbk_ais's ESS trust
+    region (``anbk_ais._newton``)."""
     gres = float("nan")
-    for t in BARRIER_PATH:
+    for t in path:
         for _ in range(6):
             rows = np.array([g * c["sign"] * c["v"] for c in cuts]).reshape(-1, len(a))
-            a, gres, _, _ = anbk_ais._newton(_Barrier(draws, rows, t), a, g)
+            bar = _Barrier(draws, rows, t, convex_fn)
+            a, gres = newton(bar, a, g) if convex_fn is not None else anbk_ais._newton(bar, a, g)[:2]
             new = False
+            t1 = time.perf_counter()
             for sign in (1, -1):
-                val, u = ridge(lmat, sign * g * a, previous[sign], starts, rng)
-                previous[sign] = [u] + previous[sign][:7]
-                v = np.maximum(lmat @ u, 0)
-                seen = any(c["sign"] == sign and v @ c["v"] >= (1 - 1e-9) * np.linalg.norm(v) * np.linalg.norm(c["v"])
-                           for c in cuts)
-                if val > 1 - 1e-3 and not seen:
-                    cuts.append({"v": v, "u": u, "sign": sign})
-                    new = True
-                    if val >= 1:  # back inside: kappa is homogeneous in a
-                        a = a * (1 - 1e-3) / val
+                best, found = ridges(lmat, sign * g * a, previous[sign], starts, rng, 1 - 1e-3)
+                previous[sign] = found[:8] + previous[sign][: max(0, 8 - len(found))]
+                for u in found[:new_cuts]:
+                    v = np.maximum(lmat @ u, 0)
+                    norm = np.linalg.norm(v)
+                    if not any(c["sign"] == sign and v @ c["v"] >= (1 - 1e-9) * norm * np.linalg.norm(c["v"])
+                               for c in cuts):
+                        cuts.append({"v": v, "u": u, "sign": sign})
+                        new = True
+                        if best >= 1:  # back inside the new cut: kappa is homogeneous in a
+                            a = a * (1 - 1e-3) / best
+            timing["ridges"] += time.perf_counter() - t1
             if not new:
                 break
     slack = np.array([1 - g * c["sign"] * c["v"] @ a for c in cuts])
@@ -158,15 +254,21 @@ def solve_draw(draws, a, g, lmat, cuts, previous, starts, rng):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--beta", type=float, default=1.0)
-    ap.add_argument("--gammas", type=float, nargs="+", default=[0.8, 1.0])
+    ap.add_argument("--gammas", type=float, nargs="+", default=[1.0])
     ap.add_argument("--cut", type=float, default=4.0, help="X: the xi integral is sampled on |xi| <= X")
     ap.add_argument("--samples", type=int, default=1 << 18)
-    ap.add_argument("--iterations", type=int, default=4, help="draws per gamma0")
-    ap.add_argument("--starts", type=int, default=256, help="starts of the ridge ascent")
+    ap.add_argument("--iterations", type=int, default=3, help="draws per gamma0")
+    ap.add_argument("--starts", type=int, default=128, help="starts of the ridge ascent")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--new-cuts", type=int, default=1, help="distinct new ridges (per sign) a round may add as cuts")
+    ap.add_argument("--convex", action="store_true",
+                    help="Newton on the exact gradient of the cut objective, the objective as merit")
+    ap.add_argument("--start-gamma", type=float, default=None,
+                    help="gamma0 of the AIS solution the first solve starts from (default: the first gamma0 / 2)")
     args = ap.parse_args()
     # swapped in before anything is compiled: every batch function of anbk_ais then uses the cut weights
     anbk_ais._unnormalised = truncated_weights(args.cut)
+    convex_fn = _batch_convex(args.cut) if args.convex else None
 
     ds = akviz.load_dataset("digits:3v8", 100, 200, seed=0)
     p, y = ds.x_train.shape[0], ds.y_train
@@ -179,7 +281,7 @@ def main():
     rng = np.random.default_rng(args.seed)
     nngp = akviz.lazy_predictor(ds, depth=1, ridge=1.0 / args.beta).test_loss
 
-    g_prev = 0.5 * args.gammas[0]
+    g_prev = args.start_gamma if args.start_gamma is not None else 0.5 * args.gammas[0]
     start = akviz.anbk(ds, gamma0=g_prev, beta=args.beta, method="ais", seed=args.seed)
     a, tau = start._state["ais"]["a"], start._state["ais"]["tau"]
     previous = {1: [], -1: []}
@@ -193,7 +295,9 @@ def main():
             fresh, mc, ess = draws.estimate(a, g)
             res = float(np.linalg.norm(fresh + cond - phi) / np.linalg.norm(phi)) if phi is not None else None
             t1 = time.perf_counter()
-            a, amp, gres = solve_draw(draws, a, g, lmat, cuts, previous, args.starts, rng)
+            timing = {"ridges": 0.0}
+            a, amp, gres = solve_draw(draws, a, g, lmat, cuts, previous, args.starts, rng, timing, convex_fn,
+                                      args.new_cuts, BARRIER_PATH if it == 0 or not args.convex else BARRIER_PATH[-1:])
             solve_s = time.perf_counter() - t1
             cond = sum((ai * np.outer(c["v"], c["v"]) for ai, c in zip(amp, cuts)), np.zeros((p, p)))
             phi = draws.estimate(a, g)[0] + cond
@@ -207,7 +311,8 @@ def main():
                 "condensate_share": float(np.linalg.norm(cond) / np.linalg.norm(phi)),
                 "newton_residual": gres, "test_mse": float(np.mean((pred - ds.y_test) ** 2)), "nngp_test_mse": nngp,
                 "alignment": float(y @ phi @ y / (np.linalg.norm(phi) * (y @ y))),
-                "solve_seconds": round(solve_s, 1), "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+                "solve_seconds": round(solve_s, 1), "ridge_seconds": round(timing["ridges"], 1),
+                "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
         g_prev = g
 
 
