@@ -246,7 +246,7 @@ def solve_draw(draws, a, g, lmat, cuts, previous, starts, rng, convex_fn, new_cu
         for _ in range(6):
             rows = np.array([g * c["sign"] * c["v"] for c in cuts]).reshape(-1, len(a))
             bar = _Barrier(draws, rows, t, convex_fn)
-            a, gres = newton(bar, a, g) if convex_fn is not None else anbk_ais._newton(bar, a, g)[:2]
+            a, gres = newton(bar, a, g) if convex_fn is not None else anbk_ais._newton(bar, a, g, 1e-8)[:2]
             new = False
             t1 = time.perf_counter()
             for sign in (1, -1):
