@@ -377,7 +377,8 @@ def test_ais_control_variate_and_sobol_draws(gamma0):
         with jax.enable_x64(True):  # as inside akviz.anbk
             prob = anbk_ais._Problem(akviz.get_activation("relu"), input_kernel(x_all), 30, ds.y_train, 1.0, 3,
                                      prior=prior, sobol=sobol)
-            draws = prob.draw(st["a"], gamma0, st["tau"], 2 * anbk_ais.BATCH, st["refit"])
+            refit = prob.draw(st["a"], gamma0, st["tau"], anbk_ais.BATCH).refit(st["a"], gamma0)
+            draws = prob.draw(st["a"], gamma0, st["tau"], 2 * anbk_ais.BATCH, refit)
             errors.append(draws.estimate(st["a"], gamma0)[1])
             shift, dev = draws.control()
         groups = len(dev)
