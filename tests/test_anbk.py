@@ -391,6 +391,29 @@ def test_ais_control_variate_and_sobol_draws(gamma0):
     assert errors[1] < 0.85 * errors[0] and errors[2] < 0.8 * errors[1], errors
 
 
+def test_ais_kernel_estimate_stays_positive_semi_definite():
+    """A control variate can push F - D below zero: the estimate is then the nearest PSD matrix. Forced here
+    with a wrong prior kernel (the NNGP minus 5 I), whose shift makes F - D indefinite."""
+    import jax
+
+    from akviz import anbk_ais
+    from akviz.kernels import input_kernel, lazy_kernels
+
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    k0 = np.asarray(lazy_kernels(ds.x_train, depth=1).nngp[0])
+    a = np.linalg.solve(k0 + np.eye(30), ds.y_train)
+    with jax.enable_x64(True):  # as inside akviz.anbk
+        prob = anbk_ais._Problem(akviz.get_activation("relu"), input_kernel(ds.x_train), 30, ds.y_train, 1.0, 0,
+                                 prior=k0 - 5 * np.eye(30), sobol=True)
+        draws = prob.draw(a, 0.2, (1.5, 1.5), anbk_ais.BATCH)
+        kernel = draws.estimate(a, 0.2)[0]
+        shift = draws.control()[0]
+    assert np.linalg.eigvalsh(shift).min() > 4  # so F - D has eigenvalues near -5 + (those of F)
+    lam = np.linalg.eigvalsh(kernel)
+    assert lam.min() > -1e-10 and np.sum(lam < 1e-10) > 0
+    np.testing.assert_allclose(kernel, kernel.T)
+
+
 def test_shifted_sobol_normals():
     """Each group: uniforms in (0, 1) and normals whose means and variances are far closer to 0 and 1 than iid
     draws' (1/128 standard error at 16384 points); the groups' random shifts differ."""
