@@ -583,8 +583,8 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
       beta: inverse temperature ``> 0`` (ridge of the predictor is ``1/beta``).
       depth: hidden layers ``L >= 1``.
       activation: registered name or :class:`akviz.Activation`.
-      samples: Monte Carlo samples per layer: draws per iteration for ``"ais"`` (default 262144,
-        rounded up to whole batches of 131072, growing up to 4x where the noise needs it), chains
+      samples: Monte Carlo samples per layer: draws per iteration for ``"ais"`` (default 131072,
+        rounded up to whole batches of 131072, growing up to 8x where the noise needs it), chains
         for ``"mala"`` (default 2048), samples for ``"hs"`` (default 10240: 40 xi nodes x 256) and
         ``"is"`` (default 4096). With ``"auto"`` they go to the solver it picks; a MALA fallback
         uses its own default unless ``samples`` was given.
