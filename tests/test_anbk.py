@@ -360,9 +360,10 @@ def test_ais_relu_tiny_gamma_is_nngp():
 
 @pytest.mark.parametrize("gamma0", [0.3, 0.5])
 def test_ais_control_variate_and_sobol_draws(gamma0):
-    """At a tilted state with its refitted mixture: the control variate's shift D = (1/n) sum r phi phi^T - K0
-    is zero within its own standard error (E_q[r phi phi^T] is the NNGP exactly, so the importance ratio r is
-    normalised), and the control variate and the Sobol draws each lower the kernel's batch-means error."""
+    """At a tilted state with its refitted (stretched) mixture: the control variate's shift
+    D = (1/n) sum r phi phi^T - K0 is zero within its own standard error (E_q[r phi phi^T] is the NNGP exactly,
+    so the importance ratio r, the mixture's density included, is normalised), and the control variate and the
+    Sobol draws each lower the kernel's batch-means error."""
     import jax
 
     from akviz import anbk_ais
@@ -379,6 +380,7 @@ def test_ais_control_variate_and_sobol_draws(gamma0):
                                      prior=prior, sobol=sobol)
             refit = prob.draw(st["a"], gamma0, st["tau"], anbk_ais.BATCH).refit(st["a"], gamma0)
             draws = prob.draw(st["a"], gamma0, st["tau"], 2 * anbk_ais.BATCH, refit)
+            assert draws.prop["stretch"].max() > 0  # the stretched components' density is in the check
             errors.append(draws.estimate(st["a"], gamma0)[1])
             shift, dev = draws.control()
         groups = len(dev)
