@@ -230,10 +230,11 @@ def test_densities_page_shows_dmft_neurons_for_antk():
 
 
 def test_failed_solve_is_not_drawn(monkeypatch):
-    """A solve whose chains run away (forced: the escape radius set tiny) is reported and not drawn."""
+    """A solve whose chains run away (forced: the escape radius set tiny) is reported and not drawn. Depth 2:
+    MALA chains are the solver there (at depth 1 importance sampling may keep the solve, unconverged)."""
     import akviz.anbk_mcmc
     monkeypatch.setattr(akviz.anbk_mcmc, "ESCAPE", 1.0)
-    at = _app(n_train=20, n_test=20, gamma0=1.95, beta=20.0).run()
+    at = _app(n_train=20, n_test=20, gamma0=1.95, beta=20.0, depth=2).run()
     assert not at.exception, at.exception
     assert at.error and "No adaptive kernel" in at.error[0].value
     assert "does not normalise" in at.error[0].value
