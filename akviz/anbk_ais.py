@@ -346,12 +346,15 @@ class _Draws:
                 self._control = (mean - self.prior, per_group - mean)
         return self._control
 
-    def _combine(self, fn, *args, keys=("f", "base")):
-        """``fn`` on every batch; its outputs after the batch's shift ``m`` rescaled to the common one."""
+    def _combine(self, fn, *args, keys=("f", "base"), unshifted=0):
+        """``fn`` on every batch; its outputs after the batch's shift ``m`` rescaled to the common one, except
+        the last ``unshifted`` (sums that do not carry the weights' shift)."""
         parts = [fn(*args, *(b[k] for k in keys)) for b in self.batches]
         shifts = np.array([float(q[0]) for q in parts])
         scale = np.exp(shifts - shifts.max())
-        return [[np.asarray(x) * c for x in q[1:]] for q, c in zip(parts, scale)], scale
+        cut = len(parts[0]) - unshifted
+        return [[np.asarray(x) * c for x in q[1:cut]] + [np.asarray(x) for x in q[cut:]]
+                for q, c in zip(parts, scale)], scale
 
     def g_value(self, a, g):
         """``G(a)`` and the ESS fraction: O(N P). The last value is kept: Newton asks again after a line search."""
@@ -370,19 +373,20 @@ class _Draws:
     def jacobian(self, a, g):
         """``G(a)`` and ``J(a) = F + I/beta + g^2 (T - (F a)(F a)^T)`` (``J`` on the first ``jacobian_draws``
         draws where set: ``O(N P^2)`` against ``G``'s ``O(N P)``)."""
+        shift = self.control()[0]
         if self._jac_batch is not None:
             b = self._jac_batch
             _, total, fa, big_f, t = (np.asarray(x) for x in _batch_jacobian(
                 jnp.asarray(a), g, b["f"], b["f32"], b["base"]))
             fa, big_f, t = fa / total, big_f / total, t / total
-            jac = big_f + self.inv_beta * np.eye(len(fa)) + g * g * (t - np.outer(fa, fa)) - self.control()[0]
-            return self.g_value(a, g)[0], jac
-        parts, _ = self._combine(_batch_jacobian, jnp.asarray(a), g, keys=("f", "f32", "base"))
-        total = sum(float(q[0]) for q in parts)
-        fa, big_f, t = (sum(q[i] for q in parts) / total for i in (1, 2, 3))
+            gv = self.g_value(a, g)[0]  # G itself over all draws
+        else:
+            parts, _ = self._combine(_batch_jacobian, jnp.asarray(a), g, keys=("f", "f32", "base"))
+            total = sum(float(q[0]) for q in parts)
+            fa, big_f, t = (sum(q[i] for q in parts) / total for i in (1, 2, 3))
+            gv = fa - shift @ a + self.inv_beta * np.asarray(a) - self.y
         # d(F a)/da of the plain estimator, then the control variate's constant shift
-        jac = big_f + self.inv_beta * np.eye(len(fa)) + g * g * (t - np.outer(fa, fa)) - self.control()[0]
-        return fa - self.control()[0] @ a + self.inv_beta * np.asarray(a) - self.y, jac
+        return gv, big_f + self.inv_beta * np.eye(len(fa)) + g * g * (t - np.outer(fa, fa)) - shift
 
     def estimate(self, a, g):
         """``F(a) - D`` (the kernel, see ``control``), its relative Monte Carlo standard error (batch means
@@ -434,13 +438,11 @@ class _Draws:
     def test_blocks(self, fn, a, g, l_test):
         """Weighted ``<phi_test phi_train^T>`` and ``<phi_test phi_test^T>`` over the draws (with the control
         variate where the prior is known)."""
-        parts = [fn(jnp.asarray(a), g, l_test, b["f"], b["f32"], b["base"], b["w"]) for b in self.batches]
-        shifts = np.array([float(q[0]) for q in parts])
-        scale = np.exp(shifts - shifts.max())
-        total = sum(float(q[1]) * c for q, c in zip(parts, scale))
-        cross, test = (sum(np.asarray(q[i]) * c for q, c in zip(parts, scale)) / total for i in (2, 3))
+        parts, _ = self._combine(fn, jnp.asarray(a), g, l_test, keys=("f", "f32", "base", "w"), unshifted=1)
+        total = sum(float(q[0]) for q in parts)
+        cross, test = (sum(q[i] for q in parts) / total for i in (1, 2))
         if self.prior_test is not None:  # r carries no shift: its sum over n draws estimates n K0
-            prior_part = sum(np.asarray(q[4]) for q in parts) / self.n - self.prior_test
+            prior_part = sum(q[3] for q in parts) / self.n - self.prior_test
             cross, test = cross - prior_part[:, :cross.shape[1]], test - prior_part[:, cross.shape[1]:]
         return cross, test
 
@@ -575,8 +577,8 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
     n = _round_to_batches(samples)
     n_max = GROWTH * n
 
-    def record(kind, g, d, est, **extra):
-        rec = {"kind": kind, "gamma0": g, "samples": d.n, "ess": float(est[2]), "mc_error": float(est[1]),
+    def record(kind, g, d, mc, ess, **extra):
+        rec = {"kind": kind, "gamma0": g, "samples": d.n, "ess": float(ess), "mc_error": float(mc),
                "kappa": max(d.kappa), "tau": list(tau), "seconds": time.perf_counter() - start}
         rec.update(extra)
         history.append(rec)
@@ -605,7 +607,7 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
         d = prob.draw(a, g_step, tau, n)
         a, gres, nit, _ = _newton(d, a, g_step)
         # a step is not checked: its record needs the ESS only (G's last pass has it)
-        record("continuation", g_step, d, (None, float("nan"), d.g_value(a, g_step)[1]), newton_residual=gres,
+        record("continuation", g_step, d, float("nan"), d.g_value(a, g_step)[1], newton_residual=gres,
                newton_iterations=nit)
         tau, g_prev = fit_tau(d, g_step, a), g_step
         del d
@@ -631,7 +633,7 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
             message = "the importance weights overflowed (NaN kernels)"
             break
         ok = phi is not None and res < tol and ess >= ess_floor and kappa < 1
-        rec = record("solve", g, d, (None, mc, ess), residual=res, residual_dual=res_dual)
+        rec = record("solve", g, d, mc, ess, residual=res, residual_dual=res_dual)
         stop = callback is not None and callback(iterations, rec) is False
         # a solved state whose tilted density does not normalise is out of reach: more draws cannot help
         if ok or stop or it == max_iter - 1 or ess < ess_floor or (phi is not None and kappa >= 1):
