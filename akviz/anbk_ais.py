@@ -632,7 +632,8 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
         if not math.isfinite(ess) or (fresh is not None and not np.isfinite(fresh).all()):
             message = "the importance weights overflowed (NaN kernels)"
             break
-        ok = phi is not None and res < tol and ess >= ess_floor and kappa < 1
+        # the residual below tol and resolved (its Monte Carlo error below tol too), the weights sound
+        ok = phi is not None and res < tol and mc < tol and ess >= ess_floor and kappa < 1
         rec = record("solve", g, d, mc, ess, residual=res, residual_dual=res_dual)
         stop = callback is not None and callback(iterations, rec) is False
         # a solved state whose tilted density does not normalise is out of reach: more draws cannot help
@@ -653,7 +654,7 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
     checked = phi is not None
     if not checked:  # no state was checked against fresh draws (max_iter=1 or an early stop): report the draw's
         phi, mc, ess = d.estimate(a, g)
-    converged = bool(checked and res < tol and ess >= ess_floor and kappa < 1 and not message)
+    converged = bool(checked and res < tol and mc < tol and ess >= ess_floor and kappa < 1 and not message)
     # out of this method's reach (another solver may still find the saddle), or just not there yet
     beyond_reach = not converged and (kappa >= 1 or ess < ess_floor or "overflow" in message)
     if not message:
@@ -683,6 +684,9 @@ def _message(converged, iterations, res, mc, ess, kappa, tol, ess_floor, g, beta
         cause = f"the importance weights collapsed (ESS {100 * ess:.1f}% < {100 * ess_floor:.0f}%)"
     elif not math.isfinite(res):
         cause, reach = "no state was checked against fresh draws (max_iter=1)", "Use max_iter >= 2."
+    elif res < tol:
+        cause = f"the Monte Carlo error is above tol={tol:g}, so the residual is not resolved"
+        reach = f"More draws (samples= above {n}) lower the Monte Carlo error."
     else:
         cause = f"the saddle residual did not fall below tol={tol:g} in max_iter={iterations} iterations"
         reach = f"More draws (samples= above {n}) or a larger max_iter lower the Monte Carlo error."

@@ -438,7 +438,8 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
         if callback is not None and callback(it, rec) is False:
             message = stopped
             break
-        if max(out["res_phi"]) < tol:
+        # the residual must be below tol and resolved: with a Monte Carlo error above tol a small residual is luck
+        if max(out["res_phi"]) < tol and max(out["mc_error"]) < tol:
             converged = True
             break
     if out is not None and not converged and max(out["res_phi"]) > NO_SADDLE:
@@ -458,7 +459,10 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
         message = (f"converged in {len(history)} evaluation(s): saddle residual {max(out['res_phi']):.1e} on fresh "
                    f"samples (Monte Carlo error {noise:.1e}), {chains} chains per layer.")
     elif not message:
-        message = (f"saddle residual {max(out['res_phi']):.2e} above tol {tol:g} after {len(history)} evaluation(s) "
+        what = (f"saddle residual {max(out['res_phi']):.2e} above tol {tol:g}" if max(out["res_phi"]) >= tol else
+                f"Monte Carlo error {noise:.2e} above tol {tol:g} (the residual {max(out['res_phi']):.2e} is not "
+                "resolved)")
+        message = (f"{what} after {len(history)} evaluation(s) "
                    f"(Monte Carlo error {noise:.1e}, effective sample fraction {min(out['ess']):.1%}): raise "
                    "max_iter or samples, or use a smaller gamma0 or a larger beta.")
     st = {"u": np.asarray(state["u"]), "eps": np.asarray(state["eps"]), "suu": np.asarray(state["suu"]),

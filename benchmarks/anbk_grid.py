@@ -5,7 +5,7 @@ Prints one JSON object per line: the solver that produced the result (``ais`` or
 converged, its saddle residual on fresh samples, Monte Carlo error, ESS, test loss against the lazy
 NNGP ridge predictor's (ridge 1/beta), wall time, and the first part of the message.
 
-    python benchmarks/anbk_grid.py [--depth 1] [--betas 1 10] [--gammas 0.1 0.25 0.5 1 2]
+    python benchmarks/anbk_grid.py [--depth 1] [--betas 1 10] [--gammas 0.1 0.25 0.5 1 2] [--samples S] [--max-iter M]
 """
 
 import argparse
@@ -26,6 +26,8 @@ def main():
     ap.add_argument("--gammas", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0, 2.0])
     ap.add_argument("--method", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--samples", type=int, default=None, help="per solve (default: the solver's own)")
+    ap.add_argument("--max-iter", type=int, default=None, help="per solve (default: the solver's own)")
     args = ap.parse_args()
     ds = akviz.load_dataset("digits:3v8", 100, 200, seed=0)
     for beta in args.betas:
@@ -33,7 +35,8 @@ def main():
         prev = None
         for g in args.gammas:
             t0 = time.perf_counter()
-            r = akviz.anbk(ds, gamma0=g, beta=beta, depth=args.depth, method=args.method, init=prev, seed=args.seed)
+            r = akviz.anbk(ds, gamma0=g, beta=beta, depth=args.depth, method=args.method, init=prev, seed=args.seed,
+                           samples=args.samples, max_iter=args.max_iter)
             seconds = time.perf_counter() - t0
             print(json.dumps({
                 "depth": args.depth, "beta": beta, "gamma0": g, "solver": r.method, "converged": r.converged,

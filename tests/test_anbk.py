@@ -213,6 +213,24 @@ def test_hs_warm_start_and_depth_two():
 # ---------------------------------------------------------------- MCMC (default for non-linear activations)
 
 
+def test_mala_unresolved_residual_is_not_converged(monkeypatch):
+    """A residual below tol says nothing while its Monte Carlo error is above tol: not converged, and the
+    message says why (the evaluation is forced to residual tol/2 with error 2 tol)."""
+    from akviz import anbk_mcmc
+    evaluate = anbk_mcmc._evaluate
+
+    def noisy(*args, **kwargs):
+        out = evaluate(*args, **kwargs)
+        return dict(out, res_phi=[5e-3] * len(out["res_phi"]), mc_error=[2e-2] * len(out["mc_error"]))
+    monkeypatch.setattr(anbk_mcmc, "_evaluate", noisy)
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    res = anbk(ds, gamma0=1e-4, beta=1.0, samples=512, max_iter=1, method="mala", tol=1e-2)
+    assert not res.converged and "not resolved" in res.message, res.message
+    monkeypatch.setattr(anbk_mcmc, "_evaluate", lambda *a, **k: dict(noisy(*a, **k), mc_error=[5e-3]))
+    res = anbk(ds, gamma0=1e-4, beta=1.0, samples=512, max_iter=1, method="mala", tol=1e-2)
+    assert res.converged, res.message
+
+
 def test_mala_relu_tiny_gamma_is_nngp():
     """gamma0 -> 0: the chains sample the prior; kernels and predictor are the NNGP's within the reported error."""
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
