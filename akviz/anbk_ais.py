@@ -107,6 +107,12 @@ DEFAULT_SAMPLES = 1 << 17
 GROWTH = 8
 #: Draws (from the first batch) behind a Newton Jacobian: a chord direction needs no more, ``G`` uses them all.
 JACOBIAN_DRAWS = 1 << 15
+#: The final draw's test blocks: the cross block (which the predictor uses) over at most this many batches, the
+#: test-test block (only shown) over the first ``TEST_SELF_DRAWS`` of each. Over all of a grown draw they took
+#: 0.5 s a batch (P = 100, 200 test points), 3 s of a 7.5 s warm solve at ``gamma0 = 0.5``; two thirds of
+#: that in the test-test block.
+TEST_CROSS_BATCHES = 2
+TEST_SELF_DRAWS = 1 << 15
 #: Groups per batch for batch-means standard errors (each group one randomised Sobol set of ``GROUP`` points).
 GROUPS_PER_BATCH = 8
 GROUP = BATCH // GROUPS_PER_BATCH
@@ -299,15 +305,20 @@ def _batch_span_moments(a, g, span, f, base, w_coord, resp):
 def _test_blocks_fn(phi):
     @jax.jit
     def blocks(a, g, l_test, f, f32, base, w_coord):
+        """``m``, ``sum w`` and ``sum w phi_test phi^T`` over the batch; ``sum w`` and ``sum w phi_test
+        phi_test^T`` over its first ``TEST_SELF_DRAWS``; then the prior's ratio's sums (unshifted)."""
         w, _, m = _unnormalised(a, g, f, base)
         f_test = phi(w_coord.astype(jnp.float32) @ l_test.astype(jnp.float32).T)
         fw = f_test * w.astype(jnp.float32)[:, None]
         fr = f_test * jnp.exp(base).astype(jnp.float32)[:, None]  # the prior's ratio: the control variate
         # float32 products: their rounding (~1e-6) is far below the blocks' Monte Carlo error (~1e-2),
         # and they are the largest products of a solve (N x Q x (P + Q))
-        out = (jnp.concatenate([fw, fr], 1).T @ jnp.concatenate([f32, f_test], 1)).astype(jnp.float64)
-        q, p = f_test.shape[1], f32.shape[1]
-        return m, jnp.sum(w), out[:q, :p], out[:q, p:], out[q:]
+        both = jnp.concatenate([fw, fr], 1)
+        cross = (both.T @ f32).astype(jnp.float64)
+        k = TEST_SELF_DRAWS
+        test = (both[:k].T @ f_test[:k]).astype(jnp.float64)
+        q = f_test.shape[1]
+        return m, jnp.sum(w), jnp.sum(w[:k]), cross[:q], test[:q], cross[q:], test[q:]
     return blocks
 
 
@@ -346,10 +357,10 @@ class _Draws:
                 self._control = (mean - self.prior, per_group - mean)
         return self._control
 
-    def _combine(self, fn, *args, keys=("f", "base"), unshifted=0):
-        """``fn`` on every batch; its outputs after the batch's shift ``m`` rescaled to the common one, except
-        the last ``unshifted`` (sums that do not carry the weights' shift)."""
-        parts = [fn(*args, *(b[k] for k in keys)) for b in self.batches]
+    def _combine(self, fn, *args, keys=("f", "base"), unshifted=0, batches=None):
+        """``fn`` on every batch (or on ``batches``); its outputs after the batch's shift ``m`` rescaled to the
+        common one, except the last ``unshifted`` (sums that do not carry the weights' shift)."""
+        parts = [fn(*args, *(b[k] for k in keys)) for b in (self.batches if batches is None else batches)]
         shifts = np.array([float(q[0]) for q in parts])
         scale = np.exp(shifts - shifts.max())
         cut = len(parts[0]) - unshifted
@@ -436,14 +447,18 @@ class _Draws:
         return {"xis": self.prop["xis"], "mass": mass, "sums": sums, "n": self.n, "span": span, "cov": cov}
 
     def test_blocks(self, fn, a, g, l_test):
-        """Weighted ``<phi_test phi_train^T>`` and ``<phi_test phi_test^T>`` over the draws (with the control
+        """Weighted ``<phi_test phi_train^T>`` over the first ``TEST_CROSS_BATCHES`` batches and
+        ``<phi_test phi_test^T>`` over the first ``TEST_SELF_DRAWS`` draws of each of them (with the control
         variate where the prior is known)."""
-        parts, _ = self._combine(fn, jnp.asarray(a), g, l_test, keys=("f", "f32", "base", "w"), unshifted=1)
-        total = sum(float(q[0]) for q in parts)
-        cross, test = (sum(q[i] for q in parts) / total for i in (1, 2))
+        parts, _ = self._combine(fn, jnp.asarray(a), g, l_test, keys=("f", "f32", "base", "w"), unshifted=2,
+                                 batches=self.batches[:TEST_CROSS_BATCHES])
+        total, total_self = (sum(float(q[i]) for q in parts) for i in (0, 1))
+        cross = sum(q[2] for q in parts) / total
+        test = sum(q[3] for q in parts) / total_self
         if self.prior_test is not None:  # r carries no shift: its sum over n draws estimates n K0
-            prior_part = sum(q[3] for q in parts) / self.n - self.prior_test
-            cross, test = cross - prior_part[:, :cross.shape[1]], test - prior_part[:, cross.shape[1]:]
+            p = cross.shape[1]
+            cross = cross - (sum(q[4] for q in parts) / (BATCH * len(parts)) - self.prior_test[:, :p])
+            test = test - (sum(q[5] for q in parts) / (TEST_SELF_DRAWS * len(parts)) - self.prior_test[:, p:])
         return cross, test
 
 
