@@ -656,7 +656,7 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
             if stop and not ok:
                 message = f"stopped by the callback after {iterations} iterations"
             break
-        if phi is not None and res >= tol and math.sqrt(2) * mc > 0.7 * tol and n < n_max:
+        if phi is not None and (res >= tol or mc >= tol) and math.sqrt(2) * mc > 0.7 * tol and n < n_max:
             # the noise of two draws holds the residual up: more draws, not another try at the same noise
             n = min(n_max, _round_to_batches(n * (math.sqrt(2) * mc / (0.6 * tol)) ** 2))
         tau = fit_tau(d, g, a)
