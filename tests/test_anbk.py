@@ -347,8 +347,10 @@ def test_mala_callback_hears_each_chunk_and_can_stop_within_a_pass():
 
 @pytest.mark.parametrize("gamma0,beta", [(0.5, 1.0), (1.5, 2.0)])
 def test_ais_linear_matches_closed_form_within_its_error(gamma0, beta):
-    """phi = identity forced through the Monte Carlo path: Phi = I + (c - 1) y y^T (THEORY.md 3.3)."""
-    from akviz.anbk_ais import BATCH
+    """phi = identity forced through the Monte Carlo path: Phi = I + (c - 1) y y^T (THEORY.md 3.3), and the
+    train+test kernel's test blocks (the cross block over the draw, the test-test block over its first
+    TEST_SELF_DRAWS: an error sqrt(BATCH / TEST_SELF_DRAWS) times larger) match the exact ones."""
+    from akviz.anbk_ais import BATCH, TEST_SELF_DRAWS
 
     x, y, xt, yt = whitened_problem()
     res = anbk((x, y, xt, yt), gamma0=gamma0, beta=beta, activation="linear", method="ais", samples=BATCH)
@@ -361,6 +363,9 @@ def test_ais_linear_matches_closed_form_within_its_error(gamma0, beta):
     exact = anbk((x, y, xt, yt), gamma0=gamma0, beta=beta, activation="linear")
     np.testing.assert_allclose(res.test_predictions, exact.test_predictions,
                                atol=8 * res.mc_error[0] * np.abs(exact.test_predictions).max())
+    p, got, want_full = len(y), res.kernels_full[0], exact.kernels_full[0]
+    assert _rel_err(got[p:, :p], want_full[p:, :p]) < 4 * res.mc_error[0]
+    assert _rel_err(got[p:, p:], want_full[p:, p:]) < 4 * math.sqrt(BATCH / TEST_SELF_DRAWS) * res.mc_error[0]
 
 
 def test_ais_relu_tiny_gamma_is_nngp():
