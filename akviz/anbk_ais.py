@@ -513,12 +513,11 @@ class _Problem:
         t_weights /= t_weights.sum()
         mean_field = np.asarray(self.modes(self.lmat, self.csd, jnp.asarray(g * np.asarray(a)), jnp.asarray(xis)))
         kappa = (float(np.linalg.norm(mean_field[-1]) / xis[-1]), float(np.linalg.norm(mean_field[0]) / -xis[0]))
-        nodes, k = mean_field.shape
-        span = np.eye(k)[:, :COV_RANK] if refit is None else refit["span"]
-        rot, stretch = np.broadcast_to(np.eye(COV_RANK), (nodes, COV_RANK, COV_RANK)), np.zeros((nodes, COV_RANK))
-        if refit is None:
+        if refit is None:  # identity components (no stretch)
+            nodes, k = mean_field.shape
             return {"xis": xis, "log_pi": np.log(t_weights), "modes": mean_field, "kappa": kappa,
-                    "span": span, "rot": rot, "stretch": stretch}
+                    "span": np.eye(k)[:, :COV_RANK], "stretch": np.zeros((nodes, COV_RANK)),
+                    "rot": np.broadcast_to(np.eye(COV_RANK), (nodes, COV_RANK, COV_RANK))}
         n_mass = refit["n"] * refit["mass"][:, None]
         modes = (refit["n"] * refit["sums"] + PRIOR_COUNT * mean_field) / (n_mass + PRIOR_COUNT)
         pi = DEFENSIVE * t_weights + (1 - DEFENSIVE) * refit["mass"]
@@ -527,7 +526,7 @@ class _Problem:
         count = (refit["n"] * refit["mass"])[:, None]
         stretch = np.clip(count * (lam - 1.0) / (count + PRIOR_COUNT), 0.0, COV_MAX)
         return {"xis": xis, "log_pi": np.log(pi), "modes": modes, "kappa": kappa,
-                "span": span, "rot": rot, "stretch": stretch}
+                "span": refit["span"], "rot": rot, "stretch": stretch}
 
     def draw(self, a, g, tau, n, refit=None):
         """``n`` draws (a multiple of ``BATCH``) from the mixture at ``a``."""
@@ -615,6 +614,11 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
             return a * g_prev / g
         return a
 
+    def accepted(res, mc, ess, kappa):
+        """A checked state passes: residual below tol and resolved (its Monte Carlo error below tol too),
+        the weights sound, the tilted density normalisable."""
+        return res < tol and mc < tol and ess >= ess_floor and kappa < 1
+
     # predictor steps through intermediate gamma0: one draw and one sample-average solve each
     g_prev = g_from
     for g_step in continuation(g_from, gamma0):
@@ -647,8 +651,7 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
         if not math.isfinite(ess) or (fresh is not None and not np.isfinite(fresh).all()):
             message = "the importance weights overflowed (NaN kernels)"
             break
-        # the residual below tol and resolved (its Monte Carlo error below tol too), the weights sound
-        ok = phi is not None and res < tol and mc < tol and ess >= ess_floor and kappa < 1
+        ok = phi is not None and accepted(res, mc, ess, kappa)
         rec = record("solve", g, d, mc, ess, residual=res, residual_dual=res_dual)
         stop = callback is not None and callback(iterations, rec) is False
         # a solved state whose tilted density does not normalise is out of reach: more draws cannot help
@@ -669,7 +672,7 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
     checked = phi is not None
     if not checked:  # no state was checked against fresh draws (max_iter=1 or an early stop): report the draw's
         phi, mc, ess = d.estimate(a, g)
-    converged = bool(checked and res < tol and mc < tol and ess >= ess_floor and kappa < 1 and not message)
+    converged = bool(checked and accepted(res, mc, ess, kappa) and not message)
     # out of this method's reach (another solver may still find the saddle), or just not there yet
     beyond_reach = not converged and (kappa >= 1 or ess < ess_floor or "overflow" in message)
     if not message:
