@@ -774,12 +774,12 @@ def _run_mcmc(act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples,
 
 def _run_ais(act, c_full, x_all, y_train, p, gamma0, beta, samples, seed, tol, max_iter, init, callback, start):
     """Adaptive importance sampling (akviz.anbk_ais), depth 1; warm start from any compatible ``init``."""
-    a0, tau0, g_from = None, None, 0.0
+    a0, tau0, g_from, refit0 = None, None, 0.0, None
     if init is not None and init.depth == 1 and init.activation == act.name and init.beta == beta \
             and init.kernels.shape[-1] == p and np.isfinite(init.kernels).all():
         st = (init._state or {}).get("ais")
         if st is not None:
-            a0, tau0 = st["a"], st["tau"]
+            a0, tau0, refit0 = st["a"], st["tau"], st.get("refit")
         else:  # another solver's kernels: the saddle's a follows from them
             a0 = np.linalg.solve(init.kernels[-1] + np.eye(p) / beta, y_train)
         g_from = float(init.gamma0)
@@ -789,7 +789,7 @@ def _run_ais(act, c_full, x_all, y_train, p, gamma0, beta, samples, seed, tol, m
         a0 = np.linalg.solve(nngp[:p, :p] + np.eye(p) / beta, y_train)
     sol = _ais.solve_ais(act, c_full, p, y_train, gamma0, beta, samples, int(seed), tol, max_iter, a0, tau0,
                          g_from, callback, start, functools.partial(_continuation, ratio=2.0), ESS_FLOOR,
-                         prior=nngp)
+                         prior=nngp, refit0=refit0)
     phis, ms, final, full = sol["phis"], sol["ms"], sol["final"], sol["full"]
     state = {"chains": None, "ms": np.array(ms), "ais": sol["state"]}
     return sol, phis, ms, final, state, full

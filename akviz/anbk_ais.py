@@ -77,13 +77,18 @@ weights, which neither touches, dominates.
 
 **Honesty.** Each outer iteration redraws at the new ``a`` and measures the
 state's saddle residual ``||F_fresh(a) - Phi|| / ||Phi||`` on fresh, independent
-draws. For a solved state that is ``~ sqrt(2)`` times the Monte Carlo error
-(batch means over groups of draws), so when the error is what keeps the residual
-above ``tol``, the next draw is larger (up to ``GROWTH`` times ``samples``) instead
-of trying again with the same noise. ``converged`` needs the residual below
-``tol``, ESS above the floor and ``kappa < 1``. Cold solves go through
-intermediate ``gamma0`` values (one draw and Newton solve each), so that every
-proposal is built near the state it samples.
+draws. For a solved state that residual is the noise of the state and of the
+fresh draw together (batch means over groups of draws give each), so a check
+that fails does not go to waste: its draw joins the state's *pool* (all draws at
+this ``gamma0``, each weighted by its own mixture, up to ``GROWTH`` times
+``samples``), Newton solves the pooled sample average, and the next check draws
+enough that the two noises leave the residual room below ``tol``
+(``_check_size``). ``converged`` needs the residual and the fresh draw's Monte
+Carlo error below ``tol``, ESS above the floor and ``kappa < 1``. Cold solves go
+through intermediate ``gamma0`` values (one draw and Newton solve each), so that
+every proposal is built near the state it samples; a warm start draws first from
+the neighbour's last refitted mixture, its components moved with the mean-field
+modes.
 
 Draws are kept in batches of ``BATCH`` (one compiled shape, any total).
 """
@@ -103,8 +108,12 @@ from .anbk_mcmc import EIG_CUTOFF, proposal_noise, sym_sqrt_pinv
 #: Draws in one batch (the compiled shape), and the default draws per outer iteration.
 BATCH = 1 << 17
 DEFAULT_SAMPLES = 1 << 17
-#: A draw grows (when the Monte Carlo error holds the residual above tol) up to this multiple of ``samples``.
+#: A draw grows (when the Monte Carlo error holds the residual above tol) up to this multiple of ``samples``;
+#: the state's pooled draws hold at most as many.
 GROWTH = 8
+#: A check draws enough that the noise its residual carries (state and fresh draws together) is about this
+#: share of tol: the residual's Frobenius norm sums thousands of entries, so it sits close to that noise.
+CHECK_NOISE = 0.75
 #: Draws (from the first batch) behind a Newton Jacobian: a chord direction needs no more, ``G`` uses them all.
 JACOBIAN_DRAWS = 1 << 15
 #: The final draw's test blocks: the cross block (which the predictor uses) over at most this many batches, the
@@ -335,8 +344,19 @@ class _Draws:
         # the exact prior kernel E_N(0,C)[phi phi^T] on train and test x (train, test), or None: no control variate
         self.prior, self.prior_test = prior, prior_test
         self._control, self._last_g = None, None
+        self.jacobian_draws = jacobian_draws
         self._jac_batch = None if jacobian_draws is None else {
             k: batches[0][k][:jacobian_draws] for k in ("f", "f32", "base")}
+
+    @classmethod
+    def pooled(cls, draws):
+        """One sample of all ``draws``' batches, each draw weighted by its own proposal (newest first: the
+        Jacobian's draws and ``kappa`` are the newest's). Every weight ``N(w; 0, I) exp(g^2 s^2 / 2) / q_d(w)``
+        is a valid importance weight whatever mixture ``q_d`` drew ``w``: the mixtures are normalised densities,
+        so their log-weights share one scale."""
+        last = draws[-1]
+        return cls(last.prop, [b for d in reversed(draws) for b in d.batches], last.inv_beta, last.y, last.prior,
+                   last.prior_test, last.jacobian_draws)
 
     def control(self):
         """The control variate's shift ``D = (1/n) sum_n r_n phi_n phi_n^T - K0`` and its per-group deviations.
@@ -351,7 +371,10 @@ class _Draws:
                 p = self.y.shape[0]
                 self._control = (np.zeros((p, p)), np.zeros((GROUPS_PER_BATCH * len(self.batches), p, p)))
             else:
-                groups = np.concatenate([np.asarray(_batch_prior_groups(b["f32"], b["base"])) for b in self.batches])
+                for b in self.batches:  # kept with the batch: a pooled sample reuses them
+                    if "prior_groups" not in b:
+                        b["prior_groups"] = np.asarray(_batch_prior_groups(b["f32"], b["base"]))
+                groups = np.concatenate([b["prior_groups"] for b in self.batches])
                 per_group = groups * (len(groups) / self.n)  # each group's own estimate of K0
                 mean = per_group.mean(0)
                 self._control = (mean - self.prior, per_group - mean)
@@ -444,7 +467,8 @@ class _Draws:
         in_span = sum(q[0] for q in parts) / total
         proj_means = means @ span
         cov = in_span / np.maximum(mass, 1e-300)[:, None, None] - proj_means[:, :, None] * proj_means[:, None, :]
-        return {"xis": self.prop["xis"], "mass": mass, "sums": sums, "n": self.n, "span": span, "cov": cov}
+        return {"xis": self.prop["xis"], "mass": mass, "sums": sums, "n": self.n, "span": span, "cov": cov,
+                "b": g * np.asarray(a, float)}
 
     def test_blocks(self, fn, a, g, l_test):
         """Weighted ``<phi_test phi_train^T>`` over the first ``TEST_CROSS_BATCHES`` batches and
@@ -511,7 +535,8 @@ class _Problem:
         log_t = -0.5 * (NU + 1) * np.log1p((xis / scale) ** 2 / NU)
         t_weights = np.exp(log_t - log_t.max())
         t_weights /= t_weights.sum()
-        mean_field = np.asarray(self.modes(self.lmat, self.csd, jnp.asarray(g * np.asarray(a)), jnp.asarray(xis)))
+        b = g * np.asarray(a, float)
+        mean_field = self.mean_field(b, xis)
         kappa = (float(np.linalg.norm(mean_field[-1]) / xis[-1]), float(np.linalg.norm(mean_field[0]) / -xis[0]))
         if refit is None:  # identity components (no stretch)
             nodes, k = mean_field.shape
@@ -519,7 +544,10 @@ class _Problem:
                     "span": np.eye(k)[:, :COV_RANK], "stretch": np.zeros((nodes, COV_RANK)),
                     "rot": np.broadcast_to(np.eye(COV_RANK), (nodes, COV_RANK, COV_RANK))}
         n_mass = refit["n"] * refit["mass"][:, None]
-        modes = (refit["n"] * refit["sums"] + PRIOR_COUNT * mean_field) / (n_mass + PRIOR_COUNT)
+        # a refit made at another b (a neighbouring gamma0) keeps its components' offsets from the mean-field
+        # modes, which move with b
+        shift = 0.0 if np.array_equal(refit["b"], b) else mean_field - self.mean_field(refit["b"], xis)
+        modes = (refit["n"] * refit["sums"] + n_mass * shift + PRIOR_COUNT * mean_field) / (n_mass + PRIOR_COUNT)
         pi = DEFENSIVE * t_weights + (1 - DEFENSIVE) * refit["mass"]
         # each component's covariance excess in the span, shrunk to none by PRIOR_COUNT pseudo-draws
         lam, rot = np.linalg.eigh(0.5 * (refit["cov"] + np.swapaxes(refit["cov"], 1, 2)))
@@ -527,6 +555,10 @@ class _Problem:
         stretch = np.clip(count * (lam - 1.0) / (count + PRIOR_COUNT), 0.0, COV_MAX)
         return {"xis": xis, "log_pi": np.log(pi), "modes": modes, "kappa": kappa,
                 "span": refit["span"], "rot": rot, "stretch": stretch}
+
+    def mean_field(self, b, xis):
+        """The mean-field modes ``mu(xi)`` at ``b = g a`` for the nodes ``xis``."""
+        return np.asarray(self.modes(self.lmat, self.csd, jnp.asarray(b), jnp.asarray(xis)))
 
     def draw(self, a, g, tau, n, refit=None):
         """``n`` draws (a multiple of ``BATCH``) from the mixture at ``a``."""
@@ -576,20 +608,50 @@ def _round_to_batches(n):
     return max(1, -(-int(n) // BATCH)) * BATCH
 
 
+def _keep(pool, n_max):
+    """The newest draws of ``pool`` that hold at most ``n_max`` draws together (the newest always)."""
+    kept, total = [], 0
+    for d in reversed(pool):
+        if kept and total + d.n > n_max:
+            break
+        kept.append(d)
+        total += d.n
+    return kept[::-1]
+
+
+def _check_size(batch_error, state_error, tol, n0, n_max):
+    """Draws (whole batches, from ``n0`` to ``n_max``) for the check of a state whose kernel has Monte Carlo
+    error ``state_error``, when one fresh batch has error ``batch_error``.
+
+    The check's residual carries the noise of both, ``sqrt(state_error^2 + batch_error^2 / m)`` for ``m``
+    batches, and its Frobenius norm sums thousands of entries, so it sits close to that. Where the state
+    leaves room, ``m`` brings that noise to ``CHECK_NOISE tol``; where it does not, the draw is ``n0``: it
+    joins the state's pool after its check. Either way the fresh error itself stays below tol."""
+    budget = (CHECK_NOISE * tol) ** 2
+    # where the state leaves no room, the smallest draw: it joins the pool, and may still pass
+    need = batch_error**2 / (budget - state_error**2) if state_error**2 < 0.5 * budget else 0.0
+    need = max(need, (batch_error / (0.9 * tol)) ** 2)
+    if not need * BATCH < n_max:  # also NaN
+        return n_max
+    return max(n0, _round_to_batches(need * BATCH))
+
+
 def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0, tau0, g_from, callback, start,
-              continuation, ess_floor, prior=None):
+              continuation, ess_floor, prior=None, refit0=None):
     """Solve the depth-1 saddle at ``gamma0``; returns a dict like the other solvers (see ``akviz.anbk``).
 
     ``samples`` draws per outer iteration (rounded up to whole batches), growing up to ``GROWTH``
     times that where the Monte Carlo error holds the residual above ``tol``. ``prior``: the exact
     prior kernel (the NNGP) on train+test, for the control variates; ``None`` turns them off.
+    ``refit0``: a neighbour's last refit (its ``state["refit"]``), the first proposal when no
+    continuation step comes before it.
     """
     prob = _Problem(act, c_full, p, y, beta, seed, prior, JACOBIAN_DRAWS, sobol=True)
     history = []
     a = np.asarray(a0, float)
     tau = tuple(tau0) if tau0 is not None else (1.5, 1.5)
-    n = _round_to_batches(samples)
-    n_max = GROWTH * n
+    n0 = n = _round_to_batches(samples)
+    n_max = GROWTH * n0
 
     def record(kind, g, d, mc, ess, **extra):
         rec = {"kind": kind, "gamma0": g, "samples": d.n, "ess": float(ess), "mc_error": float(mc),
@@ -620,8 +682,9 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
         return res < tol and mc < tol and ess >= ess_floor and kappa < 1
 
     # predictor steps through intermediate gamma0: one draw and one sample-average solve each
-    g_prev = g_from
+    g_prev, refit = g_from, refit0
     for g_step in continuation(g_from, gamma0):
+        refit = None  # a neighbour's mixture is no guide this far away
         a = start_point(a, g_step, g_prev)
         d = prob.draw(a, g_step, tau, n)
         a, gres, nit, _ = _newton(d, a, g_step)
@@ -633,9 +696,10 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
 
     g = gamma0
     a = start_point(a, g, g_prev)
-    phi = None  # the state's kernel, Phi = F_previous-draw(a)
+    phi = None  # the state's kernel, Phi = F_pool(a)
+    pool = []  # the state's draws: every draw at this gamma0 so far, newest last, at most n_max in all
     message, res, res_dual = "", float("nan"), float("nan")
-    iterations, refit = 0, None
+    iterations = 0
     for it in range(max_iter):
         iterations = it + 1
         d = prob.draw(a, g, tau, n, refit)
@@ -659,14 +723,18 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
             if stop and not ok:
                 message = f"stopped by the callback after {iterations} iterations"
             break
-        if phi is not None and (res >= tol or mc >= tol) and math.sqrt(2) * mc > 0.7 * tol and n < n_max:
-            # the noise of two draws holds the residual up: more draws, not another try at the same noise
-            n = min(n_max, _round_to_batches(n * (math.sqrt(2) * mc / (0.6 * tol)) ** 2))
         tau = fit_tau(d, g, a)
-        a, gres, nit, note = _newton(d, a, g)
-        history[-1].update(newton_residual=gres, newton_iterations=nit)
-        phi = d.estimate(a, g)[0]
+        pool = _keep(pool + [d], n_max)
+        state = pool[0] if len(pool) == 1 else _Draws.pooled(pool)
+        a, gres, nit, note = _newton(state, a, g)
+        phi, state_mc, state_ess = state.estimate(a, g)
+        history[-1].update(newton_residual=gres, newton_iterations=nit, state_samples=state.n,
+                           state_mc_error=state_mc, state_ess=state_ess)
         refit = d.refit(a, g)
+        # the next draw checks this state; the first check draws samples= (a fresh batch's error is not known
+        # yet: the first draw's proposal was built away from the solved state)
+        n = n0 if not math.isfinite(mc) else _check_size(mc * math.sqrt(d.n / BATCH), state_mc, tol, n0, n_max)
+        del state
         if note and gres > 1e-6:
             history[-1]["note"] = note
     checked = phi is not None
@@ -686,7 +754,7 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
         "phis": [phi], "ms": [g * g * np.outer(a, a)], "final": final, "full": [full], "converged": converged,
         "iterations": iterations, "res_phi": [res], "res_dual": [res_dual], "mc_error": [mc], "ess": [ess],
         "history": history, "message": message, "kappa": kappa, "samples": d.n, "beyond_reach": beyond_reach,
-        "state": {"a": np.asarray(a), "tau": tuple(tau), "beta": float(beta), "gamma0": g},
+        "state": {"a": np.asarray(a), "tau": tuple(tau), "beta": float(beta), "gamma0": g, "refit": refit},
     }
 
 

@@ -368,6 +368,60 @@ def test_ais_linear_matches_closed_form_within_its_error(gamma0, beta):
     assert _rel_err(got[p:, p:], want_full[p:, p:]) < 4 * math.sqrt(BATCH / TEST_SELF_DRAWS) * res.mc_error[0]
 
 
+def test_ais_pooled_draws_match_the_linear_oracle():
+    """A state's pool mixes draws from different mixtures (here a fresh one and one refitted to the target),
+    each weighted by its own: the pooled kernel at the exact saddle's a is the closed form within its error,
+    that error is below each draw's own, and the control variate's shift stays zero within its error (the
+    prior ratio r = N(w; 0, I) / q_d(w) is normalised for every mixture)."""
+    import jax
+
+    from akviz import anbk_ais
+    from akviz.kernels import input_kernel, lazy_kernels
+
+    gamma0, beta = 1.5, 2.0
+    x, y, xt, _ = whitened_problem()
+    p = len(y)
+    c = closed_form_c(gamma0, beta, 1)
+    want = np.eye(p) + (c - 1) * np.outer(y, y)
+    a = np.linalg.solve(want + np.eye(p) / beta, y)
+    x_all = np.concatenate([x, xt])
+    with jax.enable_x64(True):  # as inside akviz.anbk
+        prob = anbk_ais._Problem(akviz.get_activation("linear"), input_kernel(x_all), p, y, beta, 0,
+                                 prior=lazy_kernels(x_all, depth=1, activation="linear").nngp[0], sobol=True)
+        fresh = prob.draw(a, gamma0, (1.5, 1.5), anbk_ais.BATCH)
+        refitted = prob.draw(a, gamma0, (1.5, 1.5), anbk_ais.BATCH, fresh.refit(a, gamma0))
+        assert refitted.prop["stretch"].max() > 0 or not np.array_equal(refitted.prop["modes"], fresh.prop["modes"])
+        pooled = anbk_ais._Draws.pooled([fresh, refitted])
+        assert pooled.n == 2 * anbk_ais.BATCH
+        kernel, err, ess = pooled.estimate(a, gamma0)
+        errors = [d.estimate(a, gamma0)[1] for d in (fresh, refitted)]
+        shift, dev = pooled.control()
+    assert _rel_err(kernel, want) < 4 * err, (_rel_err(kernel, want), err)
+    assert 0 < err < min(errors), (err, errors)
+    groups = len(dev)
+    assert np.linalg.norm(shift) < 4 * math.sqrt(float(np.sum(dev**2)) / (groups * (groups - 1)))
+    assert 0.5 < ess <= 1
+
+
+def test_ais_check_size():
+    """The check draws enough that the state's and the fresh draw's noise together stay at CHECK_NOISE tol."""
+    from akviz.anbk_ais import BATCH, CHECK_NOISE, _check_size
+
+    n0, n_max = BATCH, 8 * BATCH
+    # room: (0.75e-2)^2 - 0.004^2 = 4.025e-5 leaves 0.006^2 / 4.025e-5 = 0.89 batches -> one
+    assert CHECK_NOISE == 0.75
+    assert _check_size(0.006, 0.004, 1e-2, n0, n_max) == BATCH
+    # 0.008^2 / ((0.75e-2)^2 - 0.005^2) = 2.05 batches -> three
+    assert _check_size(0.008, 0.005, 1e-2, n0, n_max) == 3 * BATCH
+    # the state uses more than half the room: the smallest draw, which joins the pool
+    assert _check_size(0.008, 0.006, 1e-2, n0, n_max) == BATCH
+    # the fresh error alone must stay below tol: (0.02 / 0.009)^2 = 4.9 batches -> five
+    assert _check_size(0.02, 0.006, 1e-2, n0, n_max) == 5 * BATCH
+    # out of reach: the largest draw; never below samples=
+    assert _check_size(0.006, 0.001, 1e-5, n0, n_max) == n_max
+    assert _check_size(0.001, 0.001, 1e-2, 2 * BATCH, n_max) == 2 * BATCH
+
+
 def test_ais_relu_tiny_gamma_is_nngp():
     from akviz.anbk_ais import BATCH
 
@@ -491,8 +545,9 @@ def test_ais_warm_start_skips_the_continuation():
 
 
 def test_ais_draws_more_when_the_noise_holds_the_residual_up():
-    """tol far below the Monte Carlo error of one batch: the draw grows (up to GROWTH x samples), and the
-    result says it did not converge rather than passing on a lucky draw."""
+    """tol far below the Monte Carlo error of one batch: the draw grows (up to GROWTH x samples, and the
+    state's pool holds no more than that), and the result says it did not converge rather than passing on a
+    lucky draw."""
     from akviz.anbk_ais import BATCH, GROWTH
 
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
@@ -501,6 +556,7 @@ def test_ais_draws_more_when_the_noise_holds_the_residual_up():
     assert sizes[0] == BATCH and max(sizes) == GROWTH * BATCH and sizes == sorted(sizes)
     assert not res.converged and "did not fall below tol" in res.message and "samples=" in res.message
     assert res.samples == GROWTH * BATCH
+    assert max(h["state_samples"] for h in res.history if "state_samples" in h) == GROWTH * BATCH
 
 
 def test_ais_out_of_reach_is_reported_and_auto_falls_back_to_mala():
