@@ -96,6 +96,7 @@ Draws are kept in batches of ``BATCH`` (one compiled shape, any total).
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import time
 
@@ -644,9 +645,13 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
     times that where the Monte Carlo error holds the residual above ``tol``. ``prior``: the exact
     prior kernel (the NNGP) on train+test, for the control variates; ``None`` turns them off.
     ``refit0``: a neighbour's last refit (its ``state["refit"]``), the first proposal when no
-    continuation step comes before it.
+    continuation step comes before it; ignored unless it was made on the same train+test inputs (its
+    components live in their whitened coordinates).
     """
     prob = _Problem(act, c_full, p, y, beta, seed, prior, JACOBIAN_DRAWS, sobol=True)
+    inputs = hashlib.sha1(np.ascontiguousarray(c_full, dtype=float).tobytes()).hexdigest()
+    if refit0 is not None and refit0.get("inputs") != inputs:
+        refit0 = None
     history = []
     a = np.asarray(a0, float)
     tau = tuple(tau0) if tau0 is not None else (1.5, 1.5)
@@ -754,7 +759,8 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
         "phis": [phi], "ms": [g * g * np.outer(a, a)], "final": final, "full": [full], "converged": converged,
         "iterations": iterations, "res_phi": [res], "res_dual": [res_dual], "mc_error": [mc], "ess": [ess],
         "history": history, "message": message, "kappa": kappa, "samples": d.n, "beyond_reach": beyond_reach,
-        "state": {"a": np.asarray(a), "tau": tuple(tau), "beta": float(beta), "gamma0": g, "refit": refit},
+        "state": {"a": np.asarray(a), "tau": tuple(tau), "beta": float(beta), "gamma0": g,
+                  "refit": None if refit is None else dict(refit, inputs=inputs)},
     }
 
 

@@ -544,6 +544,23 @@ def test_ais_warm_start_skips_the_continuation():
     assert all(h["kind"] == "solve" for h in warm.history) and warm.iterations <= 3
 
 
+def test_ais_warm_start_from_other_inputs():
+    """init from a solve on other inputs with the same P: its a is a start like any other, but its refitted
+    mixture lives in those inputs' whitened coordinates (here 10 of them against the digits' 30) and is not
+    reused."""
+    from akviz.anbk_ais import BATCH
+
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    first = anbk(ds, gamma0=0.3, beta=1.0, method="ais", samples=BATCH)
+    assert first._state["ais"]["refit"]["sums"].shape[1] > 10
+    rng = np.random.default_rng(0)
+    x, xt = rng.standard_normal((30, 10)), rng.standard_normal((20, 10))
+    other = anbk((x, np.sign(x[:, 0]), xt, np.sign(xt[:, 0])), gamma0=0.35, beta=1.0, method="ais", samples=BATCH,
+                 init=first)
+    assert other.converged, other.message
+    assert other._state["ais"]["refit"]["sums"].shape[1] == 10
+
+
 def test_ais_draws_more_when_the_noise_holds_the_residual_up():
     """tol far below the Monte Carlo error of one batch: the draw grows (up to GROWTH x samples, and the
     state's pool holds no more than that), and the result says it did not converge rather than passing on a
