@@ -83,8 +83,10 @@ that fails does not go to waste: its draw joins the state's *pool* (all draws at
 this ``gamma0``, each weighted by its own mixture, up to ``GROWTH`` times
 ``samples``), Newton solves the pooled sample average, and the next check draws
 enough that the two noises leave the residual room below ``tol``
-(``_check_size``). ``converged`` needs the residual and the fresh draw's Monte
-Carlo error below ``tol``, ESS above the floor and ``kappa < 1``. Cold solves go
+(``_check_size``). The reported Monte Carlo error is the larger of the state's
+and the fresh draw's (history records both: ``state_mc_error``, ``fresh_mc_error``),
+and ``converged`` needs the residual and that error below ``tol``, ESS above the
+floor and ``kappa < 1``. Cold solves go
 through intermediate ``gamma0`` values (one draw and Newton solve each), so that
 every proposal is built near the state it samples; a warm start draws first from
 the neighbour's last refitted mixture, its components moved with the mean-field
@@ -704,15 +706,18 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
     phi = None  # the state's kernel, Phi = F_pool(a)
     pool = []  # the state's draws: every draw at this gamma0 so far, newest last, at most n_max in all
     message, res, res_dual = "", float("nan"), float("nan")
-    iterations = 0
+    iterations, state_mc = 0, float("nan")
     for it in range(max_iter):
         iterations = it + 1
         d = prob.draw(a, g, tau, n, refit)
         kappa = max(d.kappa)
         if phi is None:  # no state to check yet: the ESS is all this draw's record needs (G's pass gives it)
-            fresh, mc, ess = None, float("nan"), d.g_value(a, g)[1]
+            fresh, mc_fresh, mc, ess = None, float("nan"), float("nan"), d.g_value(a, g)[1]
         else:
-            fresh, mc, ess = d.estimate(a, g)
+            fresh, mc_fresh, ess = d.estimate(a, g)
+            # the state's kernel and the fresh one each carry an error: the larger bounds both the
+            # kernels' error bars and what the residual can resolve
+            mc = max(mc_fresh, state_mc)
             res = float(np.linalg.norm(fresh - phi) / np.linalg.norm(phi))
             a_fresh = np.linalg.solve(fresh + prob.inv_beta * np.eye(p), y)
             dual = np.outer(a, a)
@@ -721,7 +726,7 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
             message = "the importance weights overflowed (NaN kernels)"
             break
         ok = phi is not None and accepted(res, mc, ess, kappa)
-        rec = record("solve", g, d, mc, ess, residual=res, residual_dual=res_dual)
+        rec = record("solve", g, d, mc, ess, residual=res, residual_dual=res_dual, fresh_mc_error=mc_fresh)
         stop = callback is not None and callback(iterations, rec) is False
         # a solved state whose tilted density does not normalise is out of reach: more draws cannot help
         if ok or stop or it == max_iter - 1 or ess < ess_floor or (phi is not None and kappa >= 1):
@@ -738,7 +743,8 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
         refit = d.refit(a, g)
         # the next draw checks this state; the first check draws samples= (a fresh batch's error is not known
         # yet: the first draw's proposal was built away from the solved state)
-        n = n0 if not math.isfinite(mc) else _check_size(mc * math.sqrt(d.n / BATCH), state_mc, tol, n0, n_max)
+        n = n0 if not math.isfinite(mc_fresh) else _check_size(mc_fresh * math.sqrt(d.n / BATCH), state_mc, tol,
+                                                                n0, n_max)
         del state
         if note and gres > 1e-6:
             history[-1]["note"] = note
