@@ -689,9 +689,10 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
         return res < tol and mc < tol and ess >= ess_floor and kappa < 1
 
     # predictor steps through intermediate gamma0: one draw and one sample-average solve each
-    g_prev, refit = g_from, refit0
-    for g_step in continuation(g_from, gamma0):
-        refit = None  # a neighbour's mixture is no guide this far away
+    steps = continuation(g_from, gamma0)
+    # a neighbour's mixture guides only a solve that starts right at it, not one that steps there
+    g_prev, refit = g_from, (None if steps else refit0)
+    for g_step in steps:
         a = start_point(a, g_step, g_prev)
         d = prob.draw(a, g_step, tau, n)
         a, gres, nit, _ = _newton(d, a, g_step)
