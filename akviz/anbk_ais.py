@@ -49,10 +49,10 @@ on ``a`` only through ``g^2 s_n^2 / 2``, ``s_n = a . phi_n``, so
     G(a) = (F(a) + I/beta) a - y,              F(a) = sum_n w_n phi_n phi_n^T,
     J(a) = F + I/beta + g^2 (T - (F a)(F a)^T),  T = sum_n w_n s_n^2 phi_n phi_n^T
 
-is a smooth map solved by Newton with backtracking (``G`` costs ``O(N P)`` over all
-draws; a Jacobian, ``O(N P^2)`` in float32 over the first ``JACOBIAN_DRAWS``, is
-refreshed only when ``|G|`` falls slowly); a step may not drop the ESS below
-``ESS_TRUST`` of the draw's. ``F`` is a weighted average of outer products:
+is a smooth map solved by quasi-Newton steps with backtracking (``G`` costs ``O(N P)``
+over all draws; a Jacobian, ``O(N P^2)`` in float32 over the first ``JACOBIAN_DRAWS``,
+is corrected by Broyden's rank-one update after each step and recomputed only where
+the steps stall); a step may not drop the ESS below ``ESS_TRUST`` of the draw's. ``F`` is a weighted average of outer products:
 symmetric positive semi-definite by construction.
 
 **Variance reduction.** Two pieces, each unbiased on its own:
@@ -92,7 +92,13 @@ every proposal is built near the state it samples; a warm start draws first from
 the neighbour's last refitted mixture, its components moved with the mean-field
 modes.
 
-Draws are kept in batches of ``BATCH`` (one compiled shape, any total).
+Draws are kept in batches of ``BATCH`` (one compiled shape, any total), in float32: the
+sample points ``w`` and ``phi(L w)``, and the responsibilities. Rounding a sample point
+moves it by ~1e-7 relative; the log-weights' proposal part (float32 logits) is off by
+~1e-5, a relative error of that size in each weight. Both lie far below the Monte Carlo
+error (~1e-2), and the sums over draws run in float64 (``_rows_dot``, ``_weighted_sum``)
+or in float32 groups accumulated in float64 (the Grams). With the float64 copies the
+draws cost 2.4x as much and held 2.2x the memory (241 MB against 107 MB a batch).
 """
 
 from __future__ import annotations
@@ -198,28 +204,34 @@ def _shifted_sobol_normals(key, sobol):
     shifts = jax.random.bits(key, (GROUPS_PER_BATCH, 1, sobol.shape[1]), jnp.uint32)
     bits = (sobol[None] ^ shifts).reshape(-1, sobol.shape[1])
     u = ((bits >> 9).astype(jnp.float32) + 0.5) * (1.0 / (1 << 23))  # in (0, 1), never 0 or 1
-    return u[:, 0].astype(jnp.float64), (math.sqrt(2.0) * jax.lax.erf_inv(2.0 * u[:, 1:] - 1.0)).astype(jnp.float64)
+    return u[:, 0], math.sqrt(2.0) * jax.lax.erf_inv(2.0 * u[:, 1:] - 1.0)
 
 
 @functools.lru_cache(maxsize=None)
 def _draw_fn(act, k):
     rank = COV_RANK
+    f32 = jnp.float32
 
     @jax.jit
     def draw(key, lmat, log_pi, modes, span, rot, stretch, sobol):
+        """One batch in float32 but ``base``: the draws are sample points, so rounding them to float32 moves each
+        by ~1e-7 relative (far below any Monte Carlo error), and float32 products halve the draw's cost. ``base``
+        (``log N(w; 0, I) / q(w)``) comes from float32 logits of size up to a few hundred: ~1e-5 absolute, a
+        relative error of that size in each weight. Everything downstream of ``a`` stays float64."""
         if sobol is None:  # iid: hashed normals (proposal_noise; threefry made the draw three times slower)
-            noise = proposal_noise(key, (BATCH, k + 1 + rank), jnp.float64)
+            noise = proposal_noise(key, (BATCH, k + 1 + rank), f32)
             u, eps, z = jax.scipy.special.ndtr(noise[:, 0]), noise[:, 1:rank + 1], noise[:, rank + 1:]
         else:
             u, z = _shifted_sobol_normals(key, sobol)
             # Sobol's first dimensions are its most even: the stretched axes, then the directions of C's
             # largest eigenvalues (lmat's last columns)
             eps, z = z[:, :rank], z[:, rank:][:, ::-1]
+        log_pi, modes, span, rot, stretch = (x.astype(f32) for x in (log_pi, modes, span, rot, stretch))
         cdf = jnp.cumsum(jnp.exp(log_pi))
         j = jnp.minimum(jnp.searchsorted(cdf / cdf[-1], u), modes.shape[0] - 1)
         # w ~ N(mu_j, I + U V_j D_j V_j^T U^T): z plus U V_j sqrt(D_j) eps
         w = modes[j] + z + jnp.einsum("nrs,ns->nr", rot[j], jnp.sqrt(stretch[j]) * eps) @ span.T
-        f = act.fn(w @ lmat.T)
+        f = act.fn(w @ lmat.astype(f32).T)
         # log N(w; 0, I) / q(w), q the whole mixture (its |w|^2 cancels): the identity part, then the
         # determinant and the stretched axes (Woodbury: I - U Q_j U^T, Q_j = V_j diag(d / (1 + d)) V_j^T),
         # the quadratic form in x = U^T w expanded so that nothing of size N x nodes x rank is formed
@@ -231,49 +243,75 @@ def _draw_fn(act, k):
         logits = (log_pi + w @ modes.T - 0.5 * jnp.sum(modes * modes, 1) - 0.5 * jnp.sum(jnp.log1p(stretch), 1)
                   + 0.5 * quad)
         log_q = jax.nn.logsumexp(logits, axis=1)
-        # responsibilities r_nj, kept (float32) for the population Monte Carlo refit
-        resp = jnp.exp(logits - log_q[:, None]).astype(jnp.float32)
-        return {"f": f, "f32": f.astype(jnp.float32), "base": -log_q, "w": w, "resp": resp}
+        # responsibilities r_nj, kept for the population Monte Carlo refit
+        resp = jnp.exp(logits - log_q[:, None])
+        return {"f32": f, "base": -log_q.astype(jnp.float64), "w": w, "resp": resp}
     return draw
+
+
+def _rows_dot(f, a):
+    """``f @ a`` in float64 for float32 ``f``: a fused multiply-and-sum, exact in the stored ``phi``. (XLA's CPU
+    matrix-vector product with a float32 operand promoted to float64 is ~10x slower than either.)"""
+    return jnp.sum(f * a, axis=1)
+
+
+@jax.jit
+def _weighted_sum(v, f):
+    """``v @ f`` in float64 for float32 ``f`` (as ``_rows_dot``). A program of its own: fused with the
+    computation of ``v`` (the weights), XLA's CPU code for it runs ~5x slower."""
+    return jnp.sum(v[:, None] * f, axis=0)
 
 
 def _unnormalised(a, g, f, base):
     """Weights ``exp(log w - m)`` of one batch relative to its largest log-weight ``m``, ``s = a . phi``, ``m``.
 
+    ``f`` (the draws' ``phi``) is float32, ``a`` float64: ``s`` is exact in the stored ``phi``, so ``G(a)`` is as
+    smooth in ``a`` as in float64 (Newton solves it to 1e-6) and costs the same.
+
     Every batch function returns its ``m``; ``_Draws`` rescales the batches' sums by ``exp(m_b - max m)``,
     so that one pass over the draws gives normalised averages without overflow."""
-    s = f @ a
+    s = _rows_dot(f, a)
     lw = base + 0.5 * (g * s) ** 2
     m = jnp.max(lw)
     return jnp.exp(lw - m), s, m
 
 
 @jax.jit
+def _batch_g_weights(a, g, f, base):
+    w, s, m = _unnormalised(a, g, f, base)
+    return m, jnp.sum(w), jnp.sum(w * w), w * s
+
+
 def _batch_g(a, g, f, base):
     """``sum w``, ``sum w^2`` and ``sum w s phi`` (for ``G(a)`` and the ESS): O(N P)."""
-    w, s, m = _unnormalised(a, g, f, base)
-    return m, jnp.sum(w), jnp.sum(w * w), (w * s) @ f
+    m, total, sq, ws = _batch_g_weights(a, g, f, base)
+    return m, total, sq, _weighted_sum(ws, f)
 
 
 @jax.jit
-def _batch_jacobian(a, g, f, f32, base):
-    """``sum w``, ``sum w s phi``, ``sum w phi phi^T`` and ``sum w s^2 phi phi^T`` (the Grams in float32:
-    a Newton direction needs no more, and they are 1.6x faster)."""
-    w, s, m = _unnormalised(a, g, f, base)
+def _batch_grams(a, g, f32, base):
+    w, s, m = _unnormalised(a, g, f32, base)
     big_f = (f32 * w.astype(jnp.float32)[:, None]).T @ f32
     t = (f32 * (w * s * s).astype(jnp.float32)[:, None]).T @ f32
-    return m, jnp.sum(w), (w * s) @ f, big_f.astype(jnp.float64), t.astype(jnp.float64)
+    return m, jnp.sum(w), w * s, big_f.astype(jnp.float64), t.astype(jnp.float64)
+
+
+def _batch_jacobian(a, g, f32, base):
+    """``sum w``, ``sum w s phi``, ``sum w phi phi^T`` and ``sum w s^2 phi phi^T`` (the Grams in float32:
+    a Newton direction needs no more, and they are 1.6x faster)."""
+    m, total, ws, big_f, t = _batch_grams(a, g, f32, base)
+    return m, total, _weighted_sum(ws, f32), big_f, t
 
 
 @jax.jit
-def _batch_groups(a, g, f, f32, base):
+def _batch_groups(a, g, f32, base):
     """Per-group ``sum w phi phi^T`` and ``sum w``, and ``sum w^2``: the kernel and its batch means.
 
     The Grams are float32 products of 16384 terms a group, accumulated in float64 across groups: their
     rounding (~1e-6 relative) is far below the kernel's Monte Carlo error (~3e-3), and float64 Grams
     cost twice as much."""
-    w, _, m = _unnormalised(a, g, f, base)
-    fg = f32.reshape(GROUPS_PER_BATCH, -1, f.shape[1])
+    w, _, m = _unnormalised(a, g, f32, base)
+    fg = f32.reshape(GROUPS_PER_BATCH, -1, f32.shape[1])
     wg = w.reshape(GROUPS_PER_BATCH, -1)
     grams = jnp.einsum("gnp,gnq->gpq", fg * wg.astype(jnp.float32)[..., None], fg).astype(jnp.float64)
     return m, grams, jnp.sum(wg, 1), jnp.sum(w * w)
@@ -297,40 +335,51 @@ def _batch_weights(a, g, f, base):
 @jax.jit
 def _batch_moments(a, g, f, base, w_coord, resp):
     """Per-component ``sum_n w_n r_nj`` and ``sum_n w_n r_nj w_n`` (population Monte Carlo), and
-    ``sum_n w_n w_n w_n^T`` (float32 products)."""
+    ``sum_n w_n w_n w_n^T``. Float32 products: they only shape the next proposal, and the weights are exact
+    for whatever proposal draws."""
     w, _, m = _unnormalised(a, g, f, base)
-    rw = resp.astype(jnp.float64) * w[:, None]
-    x = w_coord.astype(jnp.float32)
-    second = ((x * w.astype(jnp.float32)[:, None]).T @ x).astype(jnp.float64)
-    return m, jnp.sum(rw, 0), rw.T @ w_coord, second
+    w32 = w.astype(jnp.float32)
+    rw = resp * w32[:, None]
+    second = (w_coord * w32[:, None]).T @ w_coord
+    return m, jnp.sum(rw, 0, dtype=jnp.float64), (rw.T @ w_coord).astype(jnp.float64), second.astype(jnp.float64)
 
 
 @jax.jit
 def _batch_span_moments(a, g, span, f, base, w_coord, resp):
-    """Per-component ``sum_n w_n r_nj (U^T w_n)(U^T w_n)^T``: the components' covariances in the span ``U``."""
+    """Per-component ``sum_n w_n r_nj (U^T w_n)(U^T w_n)^T``: the components' covariances in the span ``U``
+    (float32 products, as in ``_batch_moments``)."""
     w, _, m = _unnormalised(a, g, f, base)
-    x = w_coord @ span
-    return m, jnp.einsum("nj,nr,ns->jrs", resp.astype(jnp.float64) * w[:, None], x, x)
+    x = w_coord @ span.astype(jnp.float32)
+    rw = resp * w.astype(jnp.float32)[:, None]
+    return m, jnp.einsum("nj,nr,ns->jrs", rw, x, x).astype(jnp.float64)
+
+
+@jax.jit
+def _batch_totals(a, g, f, base):
+    """``m``, ``sum w`` and ``sum w`` over the first ``TEST_SELF_DRAWS``: the test blocks' normalisers."""
+    w, _, m = _unnormalised(a, g, f, base)
+    return m, jnp.sum(w), jnp.sum(w[:TEST_SELF_DRAWS])
 
 
 @functools.lru_cache(maxsize=None)
 def _test_blocks_fn(phi):
     @jax.jit
-    def blocks(a, g, l_test, f, f32, base, w_coord):
-        """``m``, ``sum w`` and ``sum w phi_test phi^T`` over the batch; ``sum w`` and ``sum w phi_test
-        phi_test^T`` over its first ``TEST_SELF_DRAWS``; then the prior's ratio's sums (unshifted)."""
-        w, _, m = _unnormalised(a, g, f, base)
-        f_test = phi(w_coord.astype(jnp.float32) @ l_test.astype(jnp.float32).T)
-        fw = f_test * w.astype(jnp.float32)[:, None]
-        fr = f_test * jnp.exp(base).astype(jnp.float32)[:, None]  # the prior's ratio: the control variate
-        # float32 products: their rounding (~1e-6) is far below the blocks' Monte Carlo error (~1e-2),
-        # and they are the largest products of a solve (N x Q x (P + Q))
-        both = jnp.concatenate([fw, fr], 1)
-        cross = (both.T @ f32).astype(jnp.float64)
+    def blocks(a, g, l_test, shift, norm, prior_norm, f32, base, w_coord):
+        """``sum c phi_test phi^T`` over the batch and ``sum c' phi_test phi_test^T`` over its first
+        ``TEST_SELF_DRAWS``, with ``c = exp(log w - shift) / W - r / n``: the normalised weight less the
+        control variate's prior ratio ``r`` (``norm = (1/W, 1/W')``, ``prior_norm = (1/n, 1/n')``, zeros without
+        the control variate), so that one product gives each block's difference estimator."""
+        w = jnp.exp(base + 0.5 * (g * _rows_dot(f32, a)) ** 2 - shift)
+        r = jnp.exp(base)
+        c = (w * norm[0] - r * prior_norm[0]).astype(jnp.float32)
+        c_self = (w * norm[1] - r * prior_norm[1]).astype(jnp.float32)
+        f_test = phi(w_coord @ l_test.astype(jnp.float32).T)
+        # float32 products: their rounding (~1e-6) is far below the blocks' Monte Carlo error (~1e-2), and
+        # they are the largest products of a solve (N x Q x (P + Q))
+        cross = ((f_test * c[:, None]).T @ f32).astype(jnp.float64)
         k = TEST_SELF_DRAWS
-        test = (both[:k].T @ f_test[:k]).astype(jnp.float64)
-        q = f_test.shape[1]
-        return m, jnp.sum(w), jnp.sum(w[:k]), cross[:q], test[:q], cross[q:], test[q:]
+        test = ((f_test[:k] * c_self[:k, None]).T @ f_test[:k]).astype(jnp.float64)
+        return cross, test
     return blocks
 
 
@@ -349,7 +398,7 @@ class _Draws:
         self._control, self._last_g = None, None
         self.jacobian_draws = jacobian_draws
         self._jac_batch = None if jacobian_draws is None else {
-            k: batches[0][k][:jacobian_draws] for k in ("f", "f32", "base")}
+            k: batches[0][k][:jacobian_draws] for k in ("f32", "base")}
 
     @classmethod
     def pooled(cls, draws):
@@ -383,7 +432,7 @@ class _Draws:
                 self._control = (mean - self.prior, per_group - mean)
         return self._control
 
-    def _combine(self, fn, *args, keys=("f", "base"), unshifted=0, batches=None):
+    def _combine(self, fn, *args, keys=("f32", "base"), unshifted=0, batches=None):
         """``fn`` on every batch (or on ``batches``); its outputs after the batch's shift ``m`` rescaled to the
         common one, except the last ``unshifted`` (sums that do not carry the weights' shift)."""
         parts = [fn(*args, *(b[k] for k in keys)) for b in (self.batches if batches is None else batches)]
@@ -414,11 +463,11 @@ class _Draws:
         if self._jac_batch is not None:
             b = self._jac_batch
             _, total, fa, big_f, t = (np.asarray(x) for x in _batch_jacobian(
-                jnp.asarray(a), g, b["f"], b["f32"], b["base"]))
+                jnp.asarray(a), g, b["f32"], b["base"]))
             fa, big_f, t = fa / total, big_f / total, t / total
             gv = self.g_value(a, g)[0]  # G itself over all draws
         else:
-            parts, _ = self._combine(_batch_jacobian, jnp.asarray(a), g, keys=("f", "f32", "base"))
+            parts, _ = self._combine(_batch_jacobian, jnp.asarray(a), g)
             total = sum(float(q[0]) for q in parts)
             fa, big_f, t = (sum(q[i] for q in parts) / total for i in (1, 2, 3))
             gv = fa - shift @ a + self.inv_beta * np.asarray(a) - self.y
@@ -431,7 +480,7 @@ class _Draws:
 
         The kernel is projected onto the PSD cone (negative eigenvalues set to zero), which can only bring
         it closer to the true kernel; ``F`` alone is PSD by construction, ``F - D`` almost always is."""
-        parts, scale = self._combine(_batch_groups, jnp.asarray(a), g, keys=("f", "f32", "base"))
+        parts, scale = self._combine(_batch_groups, jnp.asarray(a), g)
         sums = np.concatenate([q[0] for q in parts])
         totals = np.concatenate([q[1] for q in parts])
         sq = sum(float(q[2]) * c for q, c in zip(parts, scale))
@@ -456,7 +505,7 @@ class _Draws:
 
     def refit(self, a, g):
         """What ``_Problem.proposal`` needs to refit the mixture to the target at ``a``."""
-        parts, _ = self._combine(_batch_moments, jnp.asarray(a), g, keys=("f", "base", "w", "resp"))
+        parts, _ = self._combine(_batch_moments, jnp.asarray(a), g, keys=("f32", "base", "w", "resp"))
         mass, sums, second = (sum(q[i] for q in parts) for i in (0, 1, 2))
         total = mass.sum()
         mass, sums, second = mass / total, sums / total, second / total
@@ -466,7 +515,7 @@ class _Draws:
         lam, vec = np.linalg.eigh(0.5 * (pooled + pooled.T))
         span = vec[:, ::-1][:, :COV_RANK]
         parts, _ = self._combine(_batch_span_moments, jnp.asarray(a), g, jnp.asarray(span),
-                                 keys=("f", "base", "w", "resp"))
+                                 keys=("f32", "base", "w", "resp"))
         in_span = sum(q[0] for q in parts) / total
         proj_means = means @ span
         cov = in_span / np.maximum(mass, 1e-300)[:, None, None] - proj_means[:, :, None] * proj_means[:, None, :]
@@ -477,15 +526,22 @@ class _Draws:
         """Weighted ``<phi_test phi_train^T>`` over the first ``TEST_CROSS_BATCHES`` batches and
         ``<phi_test phi_test^T>`` over the first ``TEST_SELF_DRAWS`` draws of each of them (with the control
         variate where the prior is known)."""
-        parts, _ = self._combine(fn, jnp.asarray(a), g, l_test, keys=("f", "f32", "base", "w"), unshifted=2,
-                                 batches=self.batches[:TEST_CROSS_BATCHES])
-        total, total_self = (sum(float(q[i]) for q in parts) for i in (0, 1))
-        cross = sum(q[2] for q in parts) / total
-        test = sum(q[3] for q in parts) / total_self
-        if self.prior_test is not None:  # r carries no shift: its sum over n draws estimates n K0
+        batches = self.batches[:TEST_CROSS_BATCHES]
+        # the normalisers, relative to the largest batch shift (one pass of O(N P))
+        raw = [_batch_totals(jnp.asarray(a), g, b["f32"], b["base"]) for b in batches]
+        shift = max(float(q[0]) for q in raw)
+        scale = [math.exp(float(q[0]) - shift) for q in raw]
+        total = sum(float(q[1]) * c for q, c in zip(raw, scale))
+        total_self = sum(float(q[2]) * c for q, c in zip(raw, scale))
+        control = self.prior_test is not None  # r carries no shift: its sum over n draws estimates n K0
+        norm = jnp.asarray([1.0 / total, 1.0 / total_self])
+        prior_norm = jnp.asarray([1.0 / (BATCH * len(batches)), 1.0 / (TEST_SELF_DRAWS * len(batches))]
+                                 if control else [0.0, 0.0])
+        out = [fn(jnp.asarray(a), g, l_test, shift, norm, prior_norm, b["f32"], b["base"], b["w"]) for b in batches]
+        cross, test = (sum(np.asarray(q[i]) for q in out) for i in (0, 1))
+        if control:
             p = cross.shape[1]
-            cross = cross - (sum(q[4] for q in parts) / (BATCH * len(parts)) - self.prior_test[:, :p])
-            test = test - (sum(q[5] for q in parts) / (TEST_SELF_DRAWS * len(parts)) - self.prior_test[:, p:])
+            cross, test = cross + self.prior_test[:, :p], test + self.prior_test[:, p:]
         return cross, test
 
 
@@ -548,8 +604,12 @@ class _Problem:
                     "rot": np.broadcast_to(np.eye(COV_RANK), (nodes, COV_RANK, COV_RANK))}
         n_mass = refit["n"] * refit["mass"][:, None]
         # a refit made at another b (a neighbouring gamma0) keeps its components' offsets from the mean-field
-        # modes, which move with b
-        shift = 0.0 if np.array_equal(refit["b"], b) else mean_field - self.mean_field(refit["b"], xis)
+        # modes, which move with b; the modes at the refit's own b are kept with it (a warm start reuses them)
+        if np.array_equal(refit["b"], b):
+            shift = 0.0
+            refit.setdefault("mean_field", mean_field)
+        else:
+            shift = mean_field - (refit["mean_field"] if "mean_field" in refit else self.mean_field(refit["b"], xis))
         modes = (refit["n"] * refit["sums"] + n_mass * shift + PRIOR_COUNT * mean_field) / (n_mass + PRIOR_COUNT)
         pi = DEFENSIVE * t_weights + (1 - DEFENSIVE) * refit["mass"]
         # each component's covariance excess in the span, shrunk to none by PRIOR_COUNT pseudo-draws
@@ -563,9 +623,9 @@ class _Problem:
         """The mean-field modes ``mu(xi)`` at ``b = g a`` for the nodes ``xis``."""
         return np.asarray(self.modes(self.lmat, self.csd, jnp.asarray(b), jnp.asarray(xis)))
 
-    def draw(self, a, g, tau, n, refit=None):
-        """``n`` draws (a multiple of ``BATCH``) from the mixture at ``a``."""
-        prop = self.proposal(a, g, tau, refit)
+    def draw(self, a, g, tau, n, refit=None, prop=None):
+        """``n`` draws (a multiple of ``BATCH``) from the mixture at ``a`` (``prop``: that mixture, if built)."""
+        prop = self.proposal(a, g, tau, refit) if prop is None else prop
         batches = []
         for _ in range(n // BATCH):
             self.key, sub = jax.random.split(self.key)
@@ -575,10 +635,16 @@ class _Problem:
 
 
 def _newton(d, a, g, tol=NEWTON_TOL):
-    """Solve ``G(a) = 0`` on the draws ``d`` to ``|G| <= tol |y|``; returns ``(a, |G|/|y|, iterations, note)``."""
+    """Solve ``G(a) = 0`` on the draws ``d`` to ``|G| <= tol |y|``; returns ``(a, |G|/|y|, iterations, note)``.
+
+    Quasi-Newton: the Jacobian (from ``d.jacobian``, on a subset of the draws) is corrected after every step by
+    Broyden's rank-one update, which learns the difference to the full sample average from the steps
+    themselves; it is recomputed only where the steps stall. Backtracking on ``|G|``, within the ESS trust
+    region."""
     y_norm = float(np.linalg.norm(d.y))
     a = np.asarray(a, float)
     gv, jac = d.jacobian(a, g)
+    fresh = True
     _, ess_draw = d.g_value(a, g)
     gn = float(np.linalg.norm(gv))
     note, it = "", 0
@@ -595,12 +661,21 @@ def _newton(d, a, g, tol=NEWTON_TOL):
                 break
             t *= 0.5
         else:
+            if not fresh:  # the updated Jacobian misled the step: start again from a computed one
+                gv, jac = d.jacobian(a, g)
+                fresh = True
+                continue
             note = "trust region: no step keeps the ESS within reach of the draw's"
             break
-        a, gv, slow = a2, g2, gn2 > 0.25 * gn
-        gn = gn2
-        if slow:  # chord steps stalled: refresh the Jacobian
-            gv, jac = d.jacobian(a, g)
+        slow = gn2 > 0.5 * gn
+        if slow and not fresh:  # the updates stopped helping: recompute the Jacobian at the new point
+            gv, jac = d.jacobian(a2, g)
+            fresh = True
+        else:
+            da = a2 - a
+            jac = jac + np.outer(g2 - gv - jac @ da, da) / float(da @ da)  # Broyden: now J da = dG exactly
+            gv, fresh = g2, False
+        a, gn = a2, gn2
     return a, gn / y_norm, it, note
 
 
@@ -677,11 +752,13 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
             out.append(max(1.0, math.sqrt(float((w[side] * (gs[side] ** 2 + 1)).sum() / mass))) if mass > 0 else 1.0)
         return tuple(out)
 
-    def start_point(a, g, g_prev):
-        """``a``, or ``a g_prev / g`` (the same ``b = gamma0 a``) where ``a`` does not normalise at ``g``."""
-        if g_prev > 0 and max(prob.proposal(a, g, tau)["kappa"]) >= 1:
-            return a * g_prev / g
-        return a
+    def start_point(a, g, g_prev, refit):
+        """``a``, or ``a g_prev / g`` (the same ``b = gamma0 a``) where ``a`` does not normalise at ``g`` (the fresh
+        mixture's tail slope says); and that fresh mixture where the first draw will use it (no ``refit``)."""
+        prop = prob.proposal(a, g, tau)
+        if g_prev > 0 and max(prop["kappa"]) >= 1:
+            return a * g_prev / g, None
+        return a, (prop if refit is None else None)
 
     def accepted(res, mc, ess, kappa):
         """A checked state passes: residual below tol and resolved (its Monte Carlo error below tol too),
@@ -693,8 +770,8 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
     # a neighbour's mixture guides only a solve that starts right at it, not one that steps there
     g_prev, refit = g_from, (None if steps else refit0)
     for g_step in steps:
-        a = start_point(a, g_step, g_prev)
-        d = prob.draw(a, g_step, tau, n)
+        a, prop = start_point(a, g_step, g_prev, None)
+        d = prob.draw(a, g_step, tau, n, prop=prop)
         a, gres, nit, _ = _newton(d, a, g_step)
         # a step is not checked: its record needs the ESS only (G's last pass has it)
         record("continuation", g_step, d, float("nan"), d.g_value(a, g_step)[1], newton_residual=gres,
@@ -703,14 +780,15 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
         del d
 
     g = gamma0
-    a = start_point(a, g, g_prev)
+    a, prop = start_point(a, g, g_prev, refit)
     phi = None  # the state's kernel, Phi = F_pool(a)
     pool = []  # the state's draws: every draw at this gamma0 so far, newest last, at most n_max in all
     message, res, res_dual = "", float("nan"), float("nan")
     iterations, state_mc = 0, float("nan")
     for it in range(max_iter):
         iterations = it + 1
-        d = prob.draw(a, g, tau, n, refit)
+        d = prob.draw(a, g, tau, n, refit, prop)
+        prop = None  # built for the first draw only
         kappa = max(d.kappa)
         if phi is None:  # no state to check yet: the ESS is all this draw's record needs (G's pass gives it)
             fresh, mc_fresh, mc, ess = None, float("nan"), float("nan"), d.g_value(a, g)[1]

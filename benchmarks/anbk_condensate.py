@@ -124,14 +124,14 @@ def _batch_convex(cut):
     ``q = l'(g s)``: the gradient and Hessian of ``log Z_cut(a) / g^2`` are ``E[q phi] / g`` and
     ``E[l'' phi phi^T] + E[q^2 phi phi^T] - E[q phi] E[q phi]^T``."""
     @jax.jit
-    def fn(a, g, f, f32, base):
-        s = f @ a
+    def fn(a, g, f32, base):
+        s = anbk_ais._rows_dot(f32, a)
         ell, q, q2 = _ell(g * s, cut)
         lw = base + ell
         m = jnp.max(lw)
         w = jnp.exp(lw - m)
         gram = (f32 * (w * (q2 + q * q)).astype(jnp.float32)[:, None]).T @ f32
-        return m, jnp.sum(w), (w * q) @ f, gram.astype(jnp.float64)
+        return m, jnp.sum(w), anbk_ais._weighted_sum(w * q, f32), gram.astype(jnp.float64)
     return fn
 
 
@@ -192,7 +192,7 @@ class _Barrier:
         if self.fn is None:
             gv, jac = self.d.jacobian(a, g)
             return gv + grad, jac + hess
-        parts, _ = self.d._combine(self.fn, jnp.asarray(a), g, keys=("f", "f32", "base"))
+        parts, _ = self.d._combine(self.fn, jnp.asarray(a), g, keys=("f32", "base"))
         total = sum(float(q[0]) for q in parts)
         eq, gram = (sum(q[i] for q in parts) / total for i in (1, 2))
         gv = eq / g + self.d.inv_beta * np.asarray(a) - self.y + grad
@@ -203,7 +203,7 @@ class _Barrier:
         slack = self._slack(a)
         if slack is None:
             return math.inf
-        parts = [anbk_ais._batch_g(jnp.asarray(a), g, b["f"], b["base"]) for b in self.d.batches]
+        parts = [anbk_ais._batch_g(jnp.asarray(a), g, b["f32"], b["base"]) for b in self.d.batches]
         log_z = np.logaddexp.reduce([float(q[0]) + math.log(float(q[1])) for q in parts])
         return (log_z / (g * g) + 0.5 * self.d.inv_beta * float(a @ a) - float(self.y @ a)
                 - self.t * float(np.sum(np.log(slack))))
