@@ -14,6 +14,7 @@ import time
 
 
 from .export import to_plain
+from .jit_cache import enable_compilation_cache
 
 METHODS = ("nngp", "ntk", "anbk", "antk")
 
@@ -250,6 +251,7 @@ def _print_summary(summary: dict):
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        enable_compilation_cache()  # most of a one-off solve is compilation: keep it for the next run
         if args.command == "datasets":
             return _cmd_datasets(args)
         summary = compare(args) if args.command == "compare" else solve(args)

@@ -18,7 +18,11 @@ import streamlit as st
 
 import akviz
 from akviz.data import EXAMPLE_DATASETS
+from akviz.jit_cache import enable_compilation_cache
 from akviz.sweep import SolutionCache
+
+# compiled programs on disk ($AKVIZ_JAX_CACHE): a restarted server skips most of the first solve's compiling
+enable_compilation_cache()
 
 ACTIVATIONS = ("relu", "erf", "tanh", "linear")
 SAMPLE_CHOICES = ("auto", 1000, 2000, 4000, 8000, 16000)

@@ -55,3 +55,21 @@ def test_bad_arguments_exit_2_with_one_line(args):
     assert out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("akviz: error:") and "Traceback" not in out.stderr
+
+
+def test_compiled_programs_are_kept_for_the_next_run(tmp_path):
+    """$AKVIZ_JAX_CACHE names the folder of the persistent compilation cache; "0" turns it off."""
+    import os
+
+    args = ("solve", "--method", "anbk", "--n-train", "20", "--n-test", "10", "--gamma0", "0.2", "--beta", "1",
+            "--solver", "ais", "--json")
+    cache = tmp_path / "jax"
+    env = dict(os.environ, AKVIZ_JAX_CACHE=str(cache))
+    out = subprocess.run([sys.executable, "-m", "akviz", *args], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert cache.is_dir() and len(list(cache.iterdir())) > 0
+    off = tmp_path / "off"
+    env = dict(os.environ, AKVIZ_JAX_CACHE="0", HOME=str(off))
+    out = subprocess.run([sys.executable, "-m", "akviz", *args], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert not off.exists()
