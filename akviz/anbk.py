@@ -574,7 +574,8 @@ def _check_positive_int(name, v, minimum=1):
 def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="relu",
          samples: Optional[int] = None, seed: int = 0, tol: float = 1e-2, max_iter: Optional[int] = None,
          init: Optional[ANBKResult] = None, callback: Optional[Callable] = None,
-         method: str = "auto", rounds: Optional[int] = None) -> ANBKResult:
+         method: str = "auto", rounds: Optional[int] = None,
+         fallback_max_iter: Optional[int] = None) -> ANBKResult:
     """Solve the aNBK saddle point and return its kernel predictor.
 
     ``f(x) = Phi^L(x, X) (Phi^L + I/beta)^-1 y`` with the adaptive kernels of
@@ -613,6 +614,9 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
         ``rounds`` (cold) or ``rounds // 2`` (warm). Default 96 cold, 48 warm (evaluation 96).
         Fewer rounds are faster and noisier: ``residual["mc_error"]`` says by how much (the
         dashboard's quick warm solves use this).
+      fallback_max_iter: ``"auto"`` at depth 1 only: ``max_iter`` of the MALA fallback (default:
+        ``max_iter`` as given, else MALA's own default). Lets a caller give importance sampling
+        several cheap draws and the fallback a single, slower pass (the dashboard does).
 
     Never raises on non-convergence: see ``converged`` and ``message``.
     """
@@ -632,6 +636,8 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
     max_iter = _check_positive_int("max_iter", _DEFAULT_MAX_ITER.get(method, 30) if max_iter is None else max_iter)
     if fallback and method == "ais":
         max_iter = max(max_iter, 2)  # one iteration to solve, one to check it on fresh draws
+    if fallback_max_iter is not None:
+        max_iter_arg = _check_positive_int("fallback_max_iter", fallback_max_iter)
     if rounds is not None:
         rounds = _check_positive_int("rounds", rounds)
         if rounds < _MIN_ROUNDS:

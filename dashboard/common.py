@@ -195,11 +195,15 @@ def problem_key(s: Settings, method: str) -> tuple:
 
 
 #: ``max_iter`` of one aNBK solve in the dashboard: MALA chains run one averaging/evaluate pass
-#: (the library default is 3), and at depth 1 adaptive importance sampling runs its minimum of two
-#: draws (one to solve, one to check; the library default of 8 draws more where the noise needs
-#: it). This keeps the slider responsive; the result still reports its residual, Monte Carlo error
-#: and whether it converged.
+#: (the library default is 3). This keeps the slider responsive; the result still reports its
+#: residual, Monte Carlo error and whether it converged.
 ANBK_PASSES = 1
+
+#: Draws of one depth-1 importance-sampling solve in the dashboard (the library default is 8): two
+#: (one to solve, one to check) where the first check passes, up to four where noise fails it. At
+#: gamma0 = 0.5 (digits:3v8, beta=1, warm from 0.4) two-draw solves took 1.75-2.0 s, a three-draw one
+#: 3.9 s and a four-draw one 4.6 s; with two, the dashboard showed that position as not converged.
+ANBK_DRAWS = 4
 
 #: Budgets of one aNTK solve in the dashboard: integrator steps (depth 1 hands over to L-BFGS after
 #: 300 of them from the initialisation, after one chunk of 25 from a warm start; a deep step is a
@@ -269,8 +273,10 @@ def solver_for(s: Settings, method: str, progress=None):
                 progress(f"aNBK pass {iteration}: {phase}, round {state['round']}" if phase else
                          f"aNBK iteration {iteration} done")
 
+        budget = {"max_iter": ANBK_DRAWS, "fallback_max_iter": ANBK_PASSES} if s.depth == 1 else {
+            "max_iter": ANBK_PASSES}
         return lambda g, init: akviz.anbk(ds, gamma0=g, beta=s.beta, depth=s.depth, activation=s.activation,
-                                          seed=s.seed, init=init, callback=report, max_iter=ANBK_PASSES, **extra)
+                                          seed=s.seed, init=init, callback=report, **budget, **extra)
 
     def report_dmft(rec):
         cache.yield_to_foreground()  # a background solve pauses while a foreground one computes
@@ -406,8 +412,9 @@ def show_status(result, info=None, *, stop_without_kernels: bool = True):
             hint = (f" Here each aNBK solve runs {ANBK_PASSES} averaging pass(es) (the library default is 3)"
                     + ("; more Monte Carlo samples in the sidebar lower the noise." if result.depth > 1 else "."))
         elif getattr(result, "method", None) == "ais":
-            hint = (" Here each aNBK solve draws twice (the library's default solve draws more where the "
-                    "Monte Carlo error needs it: `akviz.anbk(...)` or `python -m akviz solve --method anbk`).")
+            hint = (f" Here each aNBK solve draws at most {ANBK_DRAWS} times (the library's default solve draws "
+                    "more where the Monte Carlo error needs it: `akviz.anbk(...)` or "
+                    "`python -m akviz solve --method anbk`).")
         st.warning(f"This result did not converge, so read the figures below with care. {result.message}{hint}")
 
 

@@ -99,7 +99,8 @@ def test_relu_tiny_gamma_reproduces_nngp_including_test_block():
                                     dict(gamma0=1.0, beta=1.0, depth=0), dict(gamma0=1.0, beta=1.0, samples=0),
                                     dict(gamma0=1.0, beta=1.0, activation="nope"),
                                     dict(gamma0=1.0, beta=1.0, method="exact"),
-                                    dict(gamma0=1.0, beta=1.0, rounds=3)])
+                                    dict(gamma0=1.0, beta=1.0, rounds=3),
+                                    dict(gamma0=1.0, beta=1.0, fallback_max_iter=0)])
 def test_bad_arguments_raise_value_error(kwargs):
     with pytest.raises(ValueError):
         anbk(whitened_problem(), **kwargs)
@@ -584,9 +585,11 @@ def test_ais_out_of_reach_is_reported_and_auto_falls_back_to_mala():
     assert not res.converged
     assert "normalise" in res.message or "collapsed" in res.message, res.message
     assert "gamma0" in res.message and "beta" in res.message
-    auto = anbk(ds, gamma0=3.0, beta=10.0, samples=512, max_iter=1)
+    # importance sampling may draw 3 times, the fallback runs one pass (as in the dashboard)
+    auto = anbk(ds, gamma0=3.0, beta=10.0, samples=512, max_iter=3, fallback_max_iter=1)
     assert auto.method == "mala" and "adaptive importance sampling gave up" in auto.message
     assert any(h.get("solver") == "ais" for h in auto.history)
+    assert auto.iterations == 1 and sum(h.get("solver") != "ais" for h in auto.history) == 1
 
 
 def test_ais_is_depth_one_only():
