@@ -259,7 +259,8 @@ def mcmc_functions(phi, dphi, depth: int, n_inner: int, homogeneous: bool):
         consts: dict(r1, y, inv_beta); ``etas``, ``gs``: Robbins-Monro step and gamma0 per round.
         ``average``: accumulate Polyak sums (and chain-group sums) of the chain estimates.
         ``moments`` (static; the evaluate phase): also the second moments behind the effective
-        sample fraction. Returns one chain snapshot every ``snap_every`` rounds as well.
+        sample fraction. Returns one chain snapshot every ``snap_every`` rounds as well (empty ones in the
+        evaluate phase).
         """
         r1, y, inv_beta = consts["r1"], consts["y"], consts["inv_beta"]
         s, p = state["u"].shape[1], y.shape[0]
@@ -297,7 +298,8 @@ def mcmc_functions(phi, dphi, depth: int, n_inner: int, homogeneous: bool):
 
         def block(carry, inp):  # snap_every rounds, then one snapshot of the chains
             carry, diag = jax.lax.scan(one, carry, inp)
-            return carry, (diag, carry[0]["u"])
+            # the evaluate phase (moments) keeps no snapshots: its samples only measure the frozen state
+            return carry, (diag, carry[0]["u"][..., :0] if moments else carry[0]["u"])
 
         zeros = jnp.zeros((depth, p, p))
         acc0 = {"n": 0.0, "phi": zeros, "uu": zeros, "grp": jnp.zeros((depth, groups, p, p)), "sq": zeros}
