@@ -52,8 +52,9 @@ on ``a`` only through ``g^2 s_n^2 / 2``, ``s_n = a . phi_n``, so
 is a smooth map solved by quasi-Newton steps with backtracking (``G`` costs ``O(N P)``
 over all draws; a Jacobian, ``O(N P^2)`` in float32 over the first ``JACOBIAN_DRAWS``,
 is corrected by Broyden's rank-one update after each step and recomputed only where
-the steps stall); a step may not drop the ESS below ``ESS_TRUST`` of the draw's. ``F`` is a weighted average of outer products:
-symmetric positive semi-definite by construction.
+the steps stall); a step may not drop the ESS below ``ESS_TRUST`` of the draw's.
+``F`` is a weighted average of outer products: symmetric positive semi-definite by
+construction.
 
 **Variance reduction.** Two pieces, each unbiased on its own:
 
@@ -278,6 +279,7 @@ def _unnormalised(a, g, f, base):
 
 @jax.jit
 def _batch_g_weights(a, g, f, base):
+    """``m``, ``sum w``, ``sum w^2`` and the vector ``w s`` (``_batch_g`` sums ``w s phi`` in a program of its own)."""
     w, s, m = _unnormalised(a, g, f, base)
     return m, jnp.sum(w), jnp.sum(w * w), w * s
 
@@ -290,6 +292,7 @@ def _batch_g(a, g, f, base):
 
 @jax.jit
 def _batch_grams(a, g, f32, base):
+    """``m``, ``sum w``, the vector ``w s`` and the two Grams of ``_batch_jacobian``."""
     w, s, m = _unnormalised(a, g, f32, base)
     big_f = (f32 * w.astype(jnp.float32)[:, None]).T @ f32
     t = (f32 * (w * s * s).astype(jnp.float32)[:, None]).T @ f32
