@@ -624,6 +624,12 @@ class _Problem:
         return {"xis": xis, "log_pi": np.log(pi), "modes": modes, "kappa": kappa,
                 "span": refit["span"], "rot": rot, "stretch": stretch}
 
+    def tail_slopes(self, a, g, tau):
+        """``kappa+-`` of the fresh mixture at ``a`` (``proposal(a, g, tau)["kappa"]``) from its two end nodes only."""
+        half = GRID_HALF_WIDTH * max(tau)
+        ends = self.mean_field(g * np.asarray(a, float), np.array([-half, half]))
+        return float(np.linalg.norm(ends[1]) / half), float(np.linalg.norm(ends[0]) / half)
+
     def mean_field(self, b, xis):
         """The mean-field modes ``mu(xi)`` at ``b = g a`` for the nodes ``xis``."""
         return np.asarray(self.modes(self.lmat, self.csd, jnp.asarray(b), jnp.asarray(xis)))
@@ -762,10 +768,12 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
     def start_point(a, g, g_prev, refit):
         """``a``, or ``a g_prev / g`` (the same ``b = gamma0 a``) where ``a`` does not normalise at ``g`` (the fresh
         mixture's tail slope says); and that fresh mixture where the first draw will use it (no ``refit``)."""
-        prop = prob.proposal(a, g, tau)
-        if g_prev > 0 and max(prop["kappa"]) >= 1:
+        # with a refit the draw builds its own mixture: the fresh one's tail slopes are all this needs
+        prop = prob.proposal(a, g, tau) if refit is None else None
+        kappa = prop["kappa"] if prop is not None else prob.tail_slopes(a, g, tau)
+        if g_prev > 0 and max(kappa) >= 1:
             return a * g_prev / g, None
-        return a, (prop if refit is None else None)
+        return a, prop
 
     def accepted(res, mc, ess, kappa):
         """A checked state passes: residual below tol and resolved (its Monte Carlo error below tol too),

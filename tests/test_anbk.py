@@ -390,6 +390,9 @@ def test_ais_pooled_draws_match_the_linear_oracle():
         prob = anbk_ais._Problem(akviz.get_activation("linear"), input_kernel(x_all), p, y, beta, 0,
                                  prior=lazy_kernels(x_all, depth=1, activation="linear").nngp[0], sobol=True)
         fresh = prob.draw(a, gamma0, (1.5, 1.5), anbk_ais.BATCH)
+        # the warm start's normalisability check reads the fresh mixture's tail slopes from its end nodes alone
+        np.testing.assert_allclose(prob.tail_slopes(a, gamma0, (1.5, 1.5)), fresh.prop["kappa"], rtol=1e-10)
+        assert 0 < max(fresh.prop["kappa"]) < 1
         refitted = prob.draw(a, gamma0, (1.5, 1.5), anbk_ais.BATCH, fresh.refit(a, gamma0))
         assert refitted.prop["stretch"].max() > 0 or not np.array_equal(refitted.prop["modes"], fresh.prop["modes"])
         pooled = anbk_ais._Draws.pooled([fresh, refitted])
