@@ -553,6 +553,11 @@ class _Draws:
 # ---------------------------------------------------------------- the problem
 
 
+def _tail_slopes(modes, xis):
+    """``kappa+- = |mu(xi)| / |xi|`` at the last and first of the nodes ``xis`` (ascending)."""
+    return float(np.linalg.norm(modes[-1]) / xis[-1]), float(np.linalg.norm(modes[0]) / -xis[0])
+
+
 class _Problem:
     """Fixed data of one solve: the whitening factor, the proposal machinery, the random stream.
 
@@ -601,7 +606,7 @@ class _Problem:
         t_weights /= t_weights.sum()
         b = g * np.asarray(a, float)
         mean_field = self.mean_field(b, xis)
-        kappa = (float(np.linalg.norm(mean_field[-1]) / xis[-1]), float(np.linalg.norm(mean_field[0]) / -xis[0]))
+        kappa = _tail_slopes(mean_field, xis)
         if refit is None:  # identity components (no stretch)
             nodes, k = mean_field.shape
             return {"xis": xis, "log_pi": np.log(t_weights), "modes": mean_field, "kappa": kappa,
@@ -627,8 +632,8 @@ class _Problem:
     def tail_slopes(self, a, g, tau):
         """``kappa+-`` of the fresh mixture at ``a`` (``proposal(a, g, tau)["kappa"]``) from its two end nodes only."""
         half = GRID_HALF_WIDTH * max(tau)
-        ends = self.mean_field(g * np.asarray(a, float), np.array([-half, half]))
-        return float(np.linalg.norm(ends[1]) / half), float(np.linalg.norm(ends[0]) / half)
+        ends = np.array([-half, half])
+        return _tail_slopes(self.mean_field(g * np.asarray(a, float), ends), ends)
 
     def mean_field(self, b, xis):
         """The mean-field modes ``mu(xi)`` at ``b = g a`` for the nodes ``xis``."""
