@@ -449,6 +449,31 @@ def test_ais_newton_solves_the_sample_average_in_float64():
     assert np.linalg.norm(a - a0) > 1e-3 * np.linalg.norm(a0)  # the tilt moved it: a real solve
 
 
+def test_ais_mean_field_modes_are_fixed_points():
+    """The mixture's modes solve mu = xi L^T (b * E_z[phi'(L mu + sd z)]) (relu: Phi(L mu / sd)), so the tail
+    slope kappa that decides normalisability is the fixed point's. At b = 0.3 a_NNGP on digits the former
+    damping (1/2, 200 iterations) ended in a 2-cycle 5.5 from the fixed point."""
+    import jax
+    from scipy.special import ndtr
+
+    from akviz import anbk_ais
+    from akviz.kernels import input_kernel, lazy_kernels
+
+    ds = akviz.load_dataset("digits:3v8")
+    x_all = np.concatenate([ds.x_train, ds.x_test])
+    p, act = len(ds.y_train), akviz.get_activation("relu")
+    k0 = lazy_kernels(ds.x_train, depth=1, activation=act).nngp[0]
+    b = 0.3 * np.linalg.solve(k0 + np.eye(p), ds.y_train)
+    xis = np.linspace(-25.0, 25.0, 49)
+    with jax.enable_x64(True):
+        prob = anbk_ais._Problem(act, input_kernel(x_all), p, ds.y_train, 1.0, 0)
+        mu = prob.mean_field(b, xis)
+    lmat, sd = np.asarray(prob.lmat), np.asarray(prob.csd)
+    image = xis[:, None] * ((ndtr(mu @ lmat.T / sd) * b) @ lmat)
+    assert np.abs(image - mu).max() < 1e-4, np.abs(image - mu).max()
+    assert np.abs(mu).max() > 10  # far from the start at 0: the fixed point of a strong tilt
+
+
 def test_ais_check_size():
     """The check draws enough that the state's and the fresh draw's noise together stay at CHECK_NOISE tol."""
     from akviz.anbk_ais import BATCH, CHECK_NOISE, _check_size
