@@ -74,6 +74,7 @@ import numpy as np
 from . import anbk_ais as _ais
 from . import anbk_hs as _hs
 from . import anbk_mcmc as _mcmc
+from .anbk_action import saddle_action
 from .anbk_mcmc import relative_difference as _rel
 from ._precision import float64
 from .export import json_number
@@ -120,8 +121,12 @@ class ANBKResult:
         same for ``hatPhi``), ``mc_error`` (per layer, Monte Carlo standard error
         of ``<phi phi^T>`` relative to ``||Phi||``) and ``max`` (max of ``phi``).
       ess: per-layer effective sample size of the final weights, fraction of samples.
-      action: the action ``S`` at the saddle (Monte Carlo estimate of ``ln Z``).
-      history: one dict per iteration (action, residual, ess, alignment, seconds).
+      action: the action ``S`` of THEORY.md 3.1 at the state (``akviz.anbk_action``): ``ln Z`` exact for the
+        linear network, a Monte Carlo estimate from the importance weights for ``"ais"`` (on the final,
+        fresh draw); NaN for the chain solvers (``"mala"``, ``"hs"``, ``"is"``), which have no normaliser.
+      action_mc_error: its Monte Carlo standard error (that of ``ln Z``; 0 exact, NaN where ``action`` is).
+      history: one dict per iteration: residuals, ESS, seconds, ``alignment``; ``"ais"`` checks add
+        ``action``, ``action_mc_error`` and ``log_z`` of the state they check.
       message: a sentence saying what happened (and why not, when not converged).
       seconds: wall time.
       gamma0, beta, depth, activation, samples, method, seed: the settings.
@@ -153,6 +158,7 @@ class ANBKResult:
     seed: int
     barrier: float = float("nan")
     basin: Optional[tuple] = None
+    action_mc_error: float = float("nan")
     _state: dict = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
@@ -179,7 +185,7 @@ class ANBKResult:
             "test_loss": f(self.test_loss), "train_loss": f(self.train_loss),
             "test_error": f(self.test_error),
             "alignment": [f(a) for a in self.alignment],
-            "action": f(self.action),
+            "action": f(self.action), "action_mc_error": f(self.action_mc_error),
             "gamma0": float(self.gamma0), "beta": float(self.beta), "depth": int(self.depth),
             "activation": self.activation, "samples": int(self.samples), "seed": int(self.seed),
             "seconds": float(self.seconds), "message": self.message,
@@ -735,14 +741,17 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
     res = {"phi": [float(r) for r in sol["res_phi"]], "dual": [float(r) for r in sol["res_dual"]],
            "mc_error": [float(r) for r in sol["mc_error"]]}
     res["max"] = float(max(res["phi"]))
-    action = _action(phis, duals, y_train, g2, inv_beta, c, act, method)
+    action = _action(phis, duals, y_train, g2, inv_beta, c, method, sol.get("log_z"))
+    action_error = 0.0 if method == "exact" else float(np.sqrt(np.sum(np.square(sol["log_z_error"])))) \
+        if sol.get("log_z_error") is not None else float("nan")
     return ANBKResult(
         kernels=phis, kernels_full=full, duals=duals,
         train_predictions=train_pred, test_predictions=test_pred,
         test_loss=metrics.test_loss, train_loss=metrics.train_loss, test_error=metrics.test_error,
         alignment=[_alignment(q, y_train) if np.isfinite(q).all() else float("nan") for q in phis],
         converged=bool(sol["converged"]), iterations=int(sol["iterations"]), residual=res,
-        ess=[float(e) for e in sol["ess"]], action=float(action), history=sol["history"],
+        ess=[float(e) for e in sol["ess"]], action=float(action), action_mc_error=action_error,
+        history=sol["history"],
         message=sol["message"], seconds=time.perf_counter() - start,
         gamma0=gamma0, beta=beta, depth=depth, activation=act.name, samples=int(sol.get("samples", samples)),
         method=method, seed=int(seed),
@@ -828,23 +837,19 @@ def _run_hs(act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples, s
     return sol, phis, ms, final, state, full
 
 
-def _action(phis, duals, y, g2, inv_beta, c, act, method):
-    """``S = -1/2 sum Tr(Phi hatPhi) - sum ln Z_l + gamma0^2/2 y^T (Phi^L + I/beta)^-1 y``.
-
-    ``ln Z_l`` is exact for the linear network and a Monte Carlo estimate
-    otherwise (``ln Z = ln E_ref[exp(-phi^T hatPhi phi/2)]`` needs the
-    reference normaliser, which MCMC does not provide: NaN there).
-    """
-    p = y.shape[0]
-    s = -0.5 * sum(float(np.sum(q * d)) for q, d in zip(phis, duals))
-    s += 0.5 * g2 * float(y @ np.linalg.solve(phis[-1] + inv_beta * np.eye(p), y))
+def _action(phis, duals, y, g2, inv_beta, c, method, log_zs=None):
+    """The action ``S`` at the state (``akviz.anbk_action``): ``ln Z_l`` exact for the linear network
+    (``-1/2 ln det(I + Phi^{l-1} hatPhi^l)``), else the solver's Monte Carlo estimate ``log_zs`` (importance
+    sampling: ``"ais"``); NaN where the solver has no normaliser (chains sample the tilted density itself)."""
     if method == "exact":
         priors = [c] + list(phis[:-1])
+        log_zs = []
         for k, d in zip(priors, duals):
             r = _np_sqrt_pinv(k)[0]
-            s += 0.5 * float(np.linalg.slogdet(np.eye(p) + r @ d @ r)[1])
-        return s
-    return float("nan")
+            log_zs.append(-0.5 * float(np.linalg.slogdet(np.eye(len(y)) + r @ d @ r)[1]))
+    if log_zs is None:
+        return float("nan")
+    return saddle_action(phis, duals, y, g2, inv_beta, log_zs)
 
 
 # ---------------------------------------------------------------- preactivation densities

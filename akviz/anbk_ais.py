@@ -115,7 +115,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .anbk_action import saddle_action
 from .anbk_mcmc import EIG_CUTOFF, proposal_noise, sym_sqrt_pinv
+from .regression import alignment
 
 #: Draws in one batch (the compiled shape), and the default draws per outer iteration.
 BATCH = 1 << 17
@@ -379,6 +381,16 @@ def _batch_totals(a, g, f, base):
     return m, jnp.sum(w), jnp.sum(w[:TEST_SELF_DRAWS])
 
 
+@jax.jit
+def _batch_log_z_groups(a, g, f, base):
+    """Per-group ``sum r (exp(g^2 s^2 / 2) - 1)``, ``r = N(w; 0, I) / q(w) = exp(base)``, relative to the batch's
+    shift ``m``: ``Z = E_q[r exp(g^2 s^2 / 2)] = 1 + E_q[r (exp(g^2 s^2 / 2) - 1)]``, since ``E_q[r] = 1`` exactly
+    (the kernel's control variate, here with nothing left to estimate as ``gamma0 -> 0``)."""
+    t = 0.5 * (g * _rows_dot(f, a)) ** 2
+    m = jnp.max(base + t)
+    return m, jnp.sum((jnp.exp(base - m) * jnp.expm1(t)).reshape(GROUPS_PER_BATCH, -1), 1)
+
+
 @functools.lru_cache(maxsize=None)
 def _test_blocks_fn(phi):
     @jax.jit
@@ -452,13 +464,14 @@ class _Draws:
 
     def _combine(self, fn, *args, keys=("f32", "base"), unshifted=0, batches=None):
         """``fn`` on every batch (or on ``batches``); its outputs after the batch's shift ``m`` rescaled to the
-        common one, except the last ``unshifted`` (sums that do not carry the weights' shift)."""
+        common one, ``M = max m``, except the last ``unshifted`` (sums that do not carry the weights' shift).
+        Returns the rescaled outputs per batch, the factors ``exp(m - M)`` and ``M``."""
         parts = [fn(*args, *(b[k] for k in keys)) for b in (self.batches if batches is None else batches)]
         shifts = np.array([float(q[0]) for q in parts])
         scale = np.exp(shifts - shifts.max())
         cut = len(parts[0]) - unshifted
         return [[np.asarray(x) * c for x in q[1:cut]] + [np.asarray(x) for x in q[cut:]]
-                for q, c in zip(parts, scale)], scale
+                for q, c in zip(parts, scale)], scale, float(shifts.max())
 
     def g_value(self, a, g):
         """``G(a)`` and the ESS fraction: O(N P). The last value is kept: Newton asks again after a line search."""
@@ -468,7 +481,7 @@ class _Draws:
         return self._last_g[1]
 
     def _g_value(self, a, g):
-        parts, scale = self._combine(_batch_g, jnp.asarray(a), g)
+        parts, scale, _ = self._combine(_batch_g, jnp.asarray(a), g)
         total = sum(float(q[0]) for q in parts)
         sq = sum(float(q[1]) * c for q, c in zip(parts, scale))  # sum w^2 scales with c^2
         fa = sum(q[2] for q in parts) / total - self.control()[0] @ a
@@ -485,7 +498,7 @@ class _Draws:
             fa, big_f, t = fa / total, big_f / total, t / total
             gv = self.g_value(a, g)[0]  # G itself over all draws
         else:
-            parts, _ = self._combine(_batch_jacobian, jnp.asarray(a), g)
+            parts, _, _ = self._combine(_batch_jacobian, jnp.asarray(a), g)
             total = sum(float(q[0]) for q in parts)
             fa, big_f, t = (sum(q[i] for q in parts) / total for i in (1, 2, 3))
             gv = fa - shift @ a + self.inv_beta * np.asarray(a) - self.y
@@ -498,7 +511,7 @@ class _Draws:
 
         The kernel is projected onto the PSD cone (negative eigenvalues set to zero), which can only bring
         it closer to the true kernel; ``F`` alone is PSD by construction, ``F - D`` almost always is."""
-        parts, scale = self._combine(_batch_groups, jnp.asarray(a), g)
+        parts, scale, _ = self._combine(_batch_groups, jnp.asarray(a), g)
         sums = np.concatenate([q[0] for q in parts])
         totals = np.concatenate([q[1] for q in parts])
         sq = sum(float(q[2]) * c for q, c in zip(parts, scale))
@@ -517,13 +530,26 @@ class _Draws:
 
     def weights(self, a, g):
         """Normalised weights (all batches, in order) and ``s = a . phi``."""
-        parts, _ = self._combine(_batch_weights, jnp.asarray(a), g)
+        parts, _, _ = self._combine(_batch_weights, jnp.asarray(a), g)
         w = np.concatenate([q[0] for q in parts])
         return w / w.sum(), np.concatenate([q[1] for q in parts])
 
+    def log_normaliser(self, a, g):
+        """``ln Z(a) = ln E_{h ~ N(0, C)} exp(g^2 (a . phi(h))^2 / 2)`` (THEORY.md 3.1's ``ln Z`` at
+        ``hatPhi = -g^2 a a^T``) and its Monte Carlo standard error ``se(Z) / Z`` (batch means over the groups).
+        The mixture is a normalised density, so the weights' mean is ``Z`` itself (``_batch_log_z_groups``)."""
+        parts, _, shift = self._combine(_batch_log_z_groups, jnp.asarray(a), g)
+        # per-group means of r (e^t - 1), in units of e^shift: Z = 1 + e^shift v
+        v = np.concatenate([q[0] for q in parts]) / GROUP
+        mean, se = float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
+        if mean <= 0:  # t = 0 on every draw (gamma0 = 0 or a = 0): Z = 1
+            return 0.0, 0.0
+        unit = math.exp(-min(max(shift, -700.0), 700.0))  # 1 in units of e^shift (Z is then e^shift (unit + v))
+        return float(np.logaddexp(0.0, shift + math.log(mean))), se / (unit + mean)
+
     def refit(self, a, g):
         """What ``_Problem.proposal`` needs to refit the mixture to the target at ``a``."""
-        parts, _ = self._combine(_batch_moments, jnp.asarray(a), g, keys=("f32", "base", "w", "resp"))
+        parts, _, _ = self._combine(_batch_moments, jnp.asarray(a), g, keys=("f32", "base", "w", "resp"))
         mass, sums, second = (sum(q[i] for q in parts) for i in (0, 1, 2))
         total = mass.sum()
         mass, sums, second = mass / total, sums / total, second / total
@@ -532,7 +558,7 @@ class _Draws:
         pooled = second - (means * mass[:, None]).T @ means
         lam, vec = np.linalg.eigh(0.5 * (pooled + pooled.T))
         span = vec[:, ::-1][:, :COV_RANK]
-        parts, _ = self._combine(_batch_span_moments, jnp.asarray(a), g, jnp.asarray(span),
+        parts, _, _ = self._combine(_batch_span_moments, jnp.asarray(a), g, jnp.asarray(span),
                                  keys=("f32", "base", "w", "resp"))
         in_span = sum(q[0] for q in parts) / total
         proj_means = means @ span
@@ -546,11 +572,8 @@ class _Draws:
         variate where the prior is known)."""
         batches = self.batches[:TEST_CROSS_BATCHES]
         # the normalisers, relative to the largest batch shift (one pass of O(N P))
-        raw = [_batch_totals(jnp.asarray(a), g, b["f32"], b["base"]) for b in batches]
-        shift = max(float(q[0]) for q in raw)
-        scale = [math.exp(float(q[0]) - shift) for q in raw]
-        total = sum(float(q[1]) * c for q, c in zip(raw, scale))
-        total_self = sum(float(q[2]) * c for q, c in zip(raw, scale))
+        raw, _, shift = self._combine(_batch_totals, jnp.asarray(a), g, batches=batches)
+        total, total_self = (sum(float(q[i]) for q in raw) for i in (0, 1))
         control = self.prior_test is not None  # r carries no shift: its sum over n draws estimates n K0
         norm = jnp.asarray([1.0 / total, 1.0 / total_self])
         prior_norm = jnp.asarray([1.0 / (BATCH * len(batches)), 1.0 / (TEST_SELF_DRAWS * len(batches))]
@@ -793,6 +816,10 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
             return a * g_prev / g, None
         return a, prop
 
+    def state_action(phi, a, log_z):
+        """THEORY.md 3.1's ``S`` at the state ``Phi``, ``hatPhi = -g^2 a a^T``."""
+        return saddle_action([phi], [-gamma0**2 * np.outer(a, a)], y, gamma0**2, prob.inv_beta, [log_z])
+
     def accepted(res, mc, ess, kappa):
         """A checked state passes: residual below tol and resolved (its Monte Carlo error below tol too),
         the weights sound, the tilted density normalisable."""
@@ -822,6 +849,7 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
     iterations, state_mc = 0, float("nan")
     for it in range(max_iter):
         iterations = it + 1
+        log_z = None  # (ln Z, its error) at the state this iteration checks
         d = prob.draw(a, g, tau, n, refit, prop)
         prop = None  # built for the first draw only
         kappa = max(d.kappa)
@@ -841,6 +869,10 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
             break
         ok = phi is not None and accepted(res, mc, ess, kappa)
         rec = record("solve", g, d, mc, ess, residual=res, residual_dual=res_dual, fresh_mc_error=mc_fresh)
+        if phi is not None:  # the checked state's action: its ln Z from the fresh draw (O(N P))
+            log_z = d.log_normaliser(a, g)
+            rec.update(log_z=log_z[0], action=state_action(phi, a, log_z[0]), action_mc_error=log_z[1],
+                       alignment=[alignment(phi, y)])
         stop = callback is not None and callback(iterations, rec) is False
         # a solved state whose tilted density does not normalise is out of reach: more draws cannot help
         if ok or stop or it == max_iter - 1 or ess < ess_floor or (phi is not None and kappa >= 1):
@@ -865,6 +897,8 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
     checked = phi is not None
     if not checked:  # no state was checked against fresh draws (max_iter=1 or an early stop): report the draw's
         phi, mc, ess = d.estimate(a, g)
+    if log_z is None:  # ln Z at the final a on the final draw (a check has it already)
+        log_z = d.log_normaliser(a, g)
     converged = bool(checked and accepted(res, mc, ess, kappa) and not message)
     # out of this method's reach (another solver may still find the saddle), or just not there yet
     beyond_reach = not converged and (kappa >= 1 or ess < ess_floor or "overflow" in message)
@@ -879,6 +913,7 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
         "phis": [phi], "ms": [g * g * np.outer(a, a)], "final": final, "full": [full], "converged": converged,
         "iterations": iterations, "res_phi": [res], "res_dual": [res_dual], "mc_error": [mc], "ess": [ess],
         "history": history, "message": message, "kappa": kappa, "samples": d.n, "beyond_reach": beyond_reach,
+        "log_z": [log_z[0]], "log_z_error": [log_z[1]],
         "state": {"a": np.asarray(a), "tau": tuple(tau), "beta": float(beta), "gamma0": g,
                   "refit": None if refit is None else dict(refit, inputs=inputs)},
     }

@@ -197,7 +197,7 @@ class _Barrier:
         if self.fn is None:
             gv, jac = self.d.jacobian(a, g)
             return gv + grad, jac + hess
-        parts, _ = self.d._combine(self.fn, jnp.asarray(a), g, keys=("f32", "base"))
+        parts, _, _ = self.d._combine(self.fn, jnp.asarray(a), g, keys=("f32", "base"))
         total = sum(float(q[0]) for q in parts)
         eq, gram = (sum(q[i] for q in parts) / total for i in (1, 2))
         gv = eq / g + self.d.inv_beta * np.asarray(a) - self.y + grad

@@ -117,7 +117,7 @@ def test_json_and_fields():
     assert isinstance(res, ANBKResult) and res.kernels.shape == (2, 8, 8)
     assert res.kernels_full.shape == (2, 13, 13) and res.duals.shape == (2, 8, 8)
     # linear action: exact, finite
-    assert math.isfinite(res.action)
+    assert math.isfinite(res.action) and d["action"] == res.action and d["action_mc_error"] == 0.0
 
 
 def test_warm_start_reuses_previous_solution():
@@ -367,6 +367,15 @@ def test_ais_linear_matches_closed_form_within_its_error(gamma0, beta):
     p, got, want_full = len(y), res.kernels_full[0], exact.kernels_full[0]
     assert _rel_err(got[p:, :p], want_full[p:, :p]) < 4 * res.mc_error[0]
     assert _rel_err(got[p:, p:], want_full[p:, p:]) < 4 * math.sqrt(BATCH / TEST_SELF_DRAWS) * res.mc_error[0]
+    # ln Z from the importance weights at the state's a: -1/2 ln det(I + C hatPhi) = -1/2 ln(1 - g^2 |a|^2)
+    # (C = I, hatPhi = -g^2 a a^T), and the action against the exact solver's (the states differ by the Monte
+    # Carlo error, which moves a stationary action only to second order)
+    a, check = res._state["ais"]["a"], res.history[-1]
+    err = res.action_mc_error
+    assert 0 < err < 1e-3 * abs(exact.action) and exact.action_mc_error == 0
+    assert abs(check["log_z"] + 0.5 * math.log(1 - gamma0**2 * a @ a)) < 4 * err
+    assert check["action"] == res.action and check["action_mc_error"] == err
+    assert abs(res.action - exact.action) < 4 * err, (res.action, exact.action, err)
 
 
 def test_ais_pooled_draws_match_the_linear_oracle():
@@ -504,6 +513,10 @@ def test_ais_relu_tiny_gamma_is_nngp():
     assert _rel_err(res.kernels[0], lazy.kernels[0]) < 4 * res.mc_error[0]
     assert _rel_err(res.kernels_full[0], lazy.kernels_full[0]) < 8 * res.mc_error[0]
     assert abs(res.test_loss - lazy.test_loss) < 0.05 * lazy.test_loss
+    # the action tends to the lazy one, gamma0^2/2 y^T (K0 + I/beta)^-1 y: ln Z and a^T Phi a cancel to O(gamma0^4)
+    want = 0.5e-8 * float(ds.y_train @ np.linalg.solve(lazy.kernels[0] + np.eye(len(ds.y_train)), ds.y_train))
+    assert 0 < res.action_mc_error < 1e-3 * want
+    assert abs(res.action - want) < 4 * res.action_mc_error + 1e-6 * want, (res.action, want, res.action_mc_error)
 
 
 @pytest.mark.parametrize("gamma0", [0.3, 0.5])
