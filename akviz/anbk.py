@@ -123,10 +123,11 @@ class ANBKResult:
       ess: per-layer effective sample size of the final weights, fraction of samples.
       action: the action ``S`` of THEORY.md 3.1 at the state (``akviz.anbk_action``): ``ln Z`` exact for the
         linear network, a Monte Carlo estimate from the importance weights for ``"ais"`` (on the final,
-        fresh draw); NaN for the chain solvers (``"mala"``, ``"hs"``, ``"is"``), which have no normaliser.
+        fresh draw) and ``"is"`` (where the result is the state its last samples measured); NaN for
+        ``"mala"`` (chains sample the tilted density itself: no normaliser) and ``"hs"``.
       action_mc_error: its Monte Carlo standard error (that of ``ln Z``; 0 exact, NaN where ``action`` is).
-      history: one dict per iteration: residuals, ESS, seconds, ``alignment``; ``"ais"`` checks add
-        ``action``, ``action_mc_error`` and ``log_z`` of the state they check.
+      history: one dict per iteration: residuals, ESS, seconds, ``alignment``; ``"ais"`` checks and
+        ``"is"`` iterations add ``action``, ``action_mc_error`` and ``log_z`` of the state they check.
       message: a sentence saying what happened (and why not, when not converged).
       seconds: wall time.
       gamma0, beta, depth, activation, samples, method, seed: the settings.
@@ -455,8 +456,9 @@ def _solve_mc(fns, c, y, g2, inv_beta, depth, samples, method, seed, init_phis, 
         ref = jnp.zeros((depth, chains_n))
         f0 = fns["phi"](pool[0] @ r0j)
         args = (pool, ref, f0, r0j, yj, g2, inv_beta)
-        new, ms_new, w, _, ess_j = fns["sweep"](jnp.asarray(phis), *args)
+        new, ms_new, w, logt, ess_j = fns["sweep"](jnp.asarray(phis), *args)
         new, ms_new, ess = np.asarray(new), np.asarray(ms_new), np.asarray(ess_j)
+        log_z = _prior_log_z(np.asarray(logt))
         grp = np.asarray(fns["groups"](jnp.asarray(phis), pool, w, f0, r0j, _GROUPS))
         se = grp.std(axis=1, ddof=1) / math.sqrt(_GROUPS)
         res_phi = [_rel(new[l], phis[l]) for l in range(depth)]
@@ -464,7 +466,9 @@ def _solve_mc(fns, c, y, g2, inv_beta, depth, samples, method, seed, init_phis, 
         res_dual = [_rel(ms[l], ms_new[l]) if l < depth - 1 else 0.0 for l in range(depth)]
         rec = {"iteration": it, "residual": max(res_phi), "residual_phi": res_phi, "residual_dual": res_dual,
                "mc_error": mc_err, "ess": [float(e) for e in ess],
-               "alignment": [_alignment(q, y) for q in phis], "seconds": time.perf_counter() - start}
+               "alignment": [_alignment(q, y) for q in phis], "seconds": time.perf_counter() - start,
+               "log_z": log_z[0], "action": saddle_action(phis, -ms_new, y, g2, inv_beta, log_z[0]),
+               "action_mc_error": float(np.sqrt(np.sum(np.square(log_z[1]))))}
         history.append(rec)
         final = {"pool": pool, "ref": ref, "w": np.asarray(w), "rs": rs, "ms": ms_new}
         if callback is not None and callback(it, rec) is False:
@@ -480,6 +484,8 @@ def _solve_mc(fns, c, y, g2, inv_beta, depth, samples, method, seed, init_phis, 
             break
         # --- inner solve with common random numbers: Anderson on the stationarity map
         phis, ms = _inner_solve(fns, phis, new, ms_new, args, depth, p)
+    # ln Z belongs to the state the last sweep sampled: the result's, unless an inner solve moved it since
+    checked = history and not (it == max_iter and not converged and not message)
     if converged:
         message = (f"converged in {it} iterations: residual {max(res_phi):.2e} "
                    f"(Monte Carlo error {max(mc_err):.2e}), min ESS {ess.min():.0%}.")
@@ -490,7 +496,19 @@ def _solve_mc(fns, c, y, g2, inv_beta, depth, samples, method, seed, init_phis, 
     state = {"chains": None, "ms": ms}
     return {"phis": phis, "ms": final["ms"] if final else ms, "converged": converged, "message": message,
             "iterations": it, "res_phi": res_phi, "res_dual": res_dual, "mc_error": mc_err,
-            "ess": [float(e) for e in ess], "history": history, "final": final, "state": state}
+            "ess": [float(e) for e in ess], "history": history, "final": final, "state": state,
+            "log_z": history[-1]["log_z"] if checked else None,
+            "log_z_error": log_z[1] if checked else None}
+
+
+def _prior_log_z(logt):
+    """``ln Z_l = ln E_prior exp(logt)`` per layer from prior samples' log tilts ``logt`` (``(L, S)``), and the
+    standard errors ``se(Z) / Z`` (batch means over ``_GROUPS`` groups of samples)."""
+    top = logt.max(axis=1, keepdims=True)
+    means = np.exp(logt - top).reshape(len(logt), _GROUPS, -1).mean(axis=2)  # (L, groups), in units of e^top
+    mean = means.mean(axis=1)
+    log_z = [float(t + math.log(m)) for t, m in zip(top[:, 0], mean)]
+    return log_z, [float(e) for e in means.std(axis=1, ddof=1) / math.sqrt(_GROUPS) / mean]
 
 
 def _inner_solve(fns, phis, new, ms_new, args, depth, p, max_inner=30, inner_tol=1e-6, ess_trust=0.3,
@@ -840,7 +858,7 @@ def _run_hs(act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples, s
 def _action(phis, duals, y, g2, inv_beta, c, method, log_zs=None):
     """The action ``S`` at the state (``akviz.anbk_action``): ``ln Z_l`` exact for the linear network
     (``-1/2 ln det(I + Phi^{l-1} hatPhi^l)``), else the solver's Monte Carlo estimate ``log_zs`` (importance
-    sampling: ``"ais"``); NaN where the solver has no normaliser (chains sample the tilted density itself)."""
+    sampling: ``"ais"``, ``"is"``); NaN where the solver has none (chains sample the tilted density itself)."""
     if method == "exact":
         priors = [c] + list(phis[:-1])
         log_zs = []
