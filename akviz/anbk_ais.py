@@ -542,6 +542,8 @@ class _Draws:
         # per-group means of r (e^t - 1), in units of e^shift: Z = 1 + e^shift v
         v = np.concatenate([q[0] for q in parts]) / GROUP
         mean, se = float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
+        if not (math.isfinite(shift) and math.isfinite(mean)):  # the weights overflowed: no estimate
+            return float("nan"), float("nan")
         if mean <= 0:  # t = 0 on every draw (gamma0 = 0 or a = 0): Z = 1
             return 0.0, 0.0
         unit = math.exp(-min(max(shift, -700.0), 700.0))  # 1 in units of e^shift (Z is then e^shift (unit + v))
