@@ -3,7 +3,8 @@ from the previous one, with the solver ``method="auto"`` picks. Not a test.
 
 Prints one JSON object per line: the solver that produced the result (``ais`` or ``mala``), whether it
 converged, its saddle residual on fresh samples, Monte Carlo error, ESS, test loss against the lazy
-NNGP ridge predictor's (ridge 1/beta), wall time, and the first part of the message.
+NNGP ridge predictor's (ridge 1/beta), the action and its error (null for ``mala``), wall time, and the
+first part of the message.
 
     python benchmarks/anbk_grid.py [--depth 1] [--betas 1 10] [--gammas 0.1 0.25 0.5 1 2] [--samples S] [--max-iter M]
 """
@@ -38,11 +39,13 @@ def main():
             r = akviz.anbk(ds, gamma0=g, beta=beta, depth=args.depth, method=args.method, init=prev, seed=args.seed,
                            samples=args.samples, max_iter=args.max_iter)
             seconds = time.perf_counter() - t0
+            summary = r.to_json_dict()  # NaN as null
             print(json.dumps({
                 "depth": args.depth, "beta": beta, "gamma0": g, "solver": r.method, "converged": r.converged,
                 "residual": r.residual["max"], "mc_error": max(r.mc_error), "ess": min(r.ess),
                 "samples": r.samples, "iterations": r.iterations, "test_loss": r.test_loss,
-                "nngp_test_loss": lazy.test_loss, "alignment": r.alignment[-1], "seconds": round(seconds, 2),
+                "nngp_test_loss": lazy.test_loss, "alignment": r.alignment[-1], "action": summary["action"],
+                "action_mc_error": summary["action_mc_error"], "seconds": round(seconds, 2),
                 "message": r.message[:160]}), flush=True)
             prev = r if r.converged or prev is None else prev
 
