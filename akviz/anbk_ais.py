@@ -156,9 +156,10 @@ COV_RANK = 4
 COV_MAX = 3.0
 #: The mean-field modes' damped fixed-point iteration: ``mu <- (1 - d) mu + d T(mu)`` until no mode moves by more
 #: than ``MODE_TOL`` (whitened units, where modes reach ~25), at most ``MODE_ITERATIONS`` times. ``d = 0.5`` fell
-#: into a 2-cycle in the ``xi < 0`` tail from ``gamma0 ~ 0.5`` (digits 3-vs-8, ``beta = 1``): modes up to 2.5 off
-#: the fixed point there, the tail slope ``kappa`` up to 0.002 too large (``T``'s Jacobian has an eigenvalue
-#: near ``1 - 2/d``); ``d = 0.3`` converges there, in 150-450 iterations up to ``gamma0 = 0.6``.
+#: into a 2-cycle in the ``xi < 0`` tail near the edge of normalisability (digits 3-vs-8: modes up to 2.5 off
+#: the fixed point from ``gamma0 ~ 0.5`` at ``beta = 1``; at ``beta = 10``, 0.25 the solved state's tail slope
+#: ``kappa`` came out 1.022 where the fixed point's is 0.993, so importance sampling gave up there); ``d = 0.3``
+#: converges, in 150-450 iterations up to ``gamma0 = 0.6`` (``beta = 1``).
 MODE_DAMPING = 0.3
 MODE_TOL = 1e-6
 MODE_ITERATIONS = 800
