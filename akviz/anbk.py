@@ -74,7 +74,7 @@ import numpy as np
 from . import anbk_ais as _ais
 from . import anbk_hs as _hs
 from . import anbk_mcmc as _mcmc
-from .anbk_action import saddle_action
+from .anbk_action import action_error, log_z_from_groups, saddle_action
 from .anbk_mcmc import relative_difference as _rel
 from ._precision import float64
 from .export import json_number
@@ -447,6 +447,7 @@ def _solve_mc(fns, c, y, g2, inv_beta, depth, samples, method, seed, init_phis, 
     history, converged, message = [], False, ""
     res_phi = res_dual = mc_err = ess = None
     final = None
+    measured = False  # whether the state is the one the last samples measured (ln Z belongs to it)
     it = 0
     for it in range(1, max_iter + 1):
         # --- fresh samples at the current state
@@ -459,6 +460,7 @@ def _solve_mc(fns, c, y, g2, inv_beta, depth, samples, method, seed, init_phis, 
         new, ms_new, w, logt, ess_j = fns["sweep"](jnp.asarray(phis), *args)
         new, ms_new, ess = np.asarray(new), np.asarray(ms_new), np.asarray(ess_j)
         log_z = _prior_log_z(np.asarray(logt))
+        measured = True
         grp = np.asarray(fns["groups"](jnp.asarray(phis), pool, w, f0, r0j, _GROUPS))
         se = grp.std(axis=1, ddof=1) / math.sqrt(_GROUPS)
         res_phi = [_rel(new[l], phis[l]) for l in range(depth)]
@@ -468,7 +470,7 @@ def _solve_mc(fns, c, y, g2, inv_beta, depth, samples, method, seed, init_phis, 
                "mc_error": mc_err, "ess": [float(e) for e in ess],
                "alignment": [_alignment(q, y) for q in phis], "seconds": time.perf_counter() - start,
                "log_z": log_z[0], "action": saddle_action(phis, -ms_new, y, g2, inv_beta, log_z[0]),
-               "action_mc_error": float(np.sqrt(np.sum(np.square(log_z[1]))))}
+               "action_mc_error": action_error(log_z[1])}
         history.append(rec)
         final = {"pool": pool, "ref": ref, "w": np.asarray(w), "rs": rs, "ms": ms_new}
         if callback is not None and callback(it, rec) is False:
@@ -484,8 +486,7 @@ def _solve_mc(fns, c, y, g2, inv_beta, depth, samples, method, seed, init_phis, 
             break
         # --- inner solve with common random numbers: Anderson on the stationarity map
         phis, ms = _inner_solve(fns, phis, new, ms_new, args, depth, p)
-    # ln Z belongs to the state the last sweep sampled: the result's, unless an inner solve moved it since
-    checked = history and not (it == max_iter and not converged and not message)
+        measured = False
     if converged:
         message = (f"converged in {it} iterations: residual {max(res_phi):.2e} "
                    f"(Monte Carlo error {max(mc_err):.2e}), min ESS {ess.min():.0%}.")
@@ -497,8 +498,8 @@ def _solve_mc(fns, c, y, g2, inv_beta, depth, samples, method, seed, init_phis, 
     return {"phis": phis, "ms": final["ms"] if final else ms, "converged": converged, "message": message,
             "iterations": it, "res_phi": res_phi, "res_dual": res_dual, "mc_error": mc_err,
             "ess": [float(e) for e in ess], "history": history, "final": final, "state": state,
-            "log_z": history[-1]["log_z"] if checked else None,
-            "log_z_error": log_z[1] if checked else None}
+            "log_z": log_z[0] if measured else None,
+            "log_z_error": log_z[1] if measured else None}
 
 
 def _prior_log_z(logt):
@@ -506,9 +507,8 @@ def _prior_log_z(logt):
     standard errors ``se(Z) / Z`` (batch means over ``_GROUPS`` groups of samples)."""
     top = logt.max(axis=1, keepdims=True)
     means = np.exp(logt - top).reshape(len(logt), _GROUPS, -1).mean(axis=2)  # (L, groups), in units of e^top
-    mean = means.mean(axis=1)
-    log_z = [float(t + math.log(m)) for t, m in zip(top[:, 0], mean)]
-    return log_z, [float(e) for e in means.std(axis=1, ddof=1) / math.sqrt(_GROUPS) / mean]
+    per_layer = [log_z_from_groups(float(t), m) for t, m in zip(top[:, 0], means)]
+    return [q[0] for q in per_layer], [q[1] for q in per_layer]
 
 
 def _inner_solve(fns, phis, new, ms_new, args, depth, p, max_inner=30, inner_tol=1e-6, ess_trust=0.3,
@@ -759,16 +759,15 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
     res = {"phi": [float(r) for r in sol["res_phi"]], "dual": [float(r) for r in sol["res_dual"]],
            "mc_error": [float(r) for r in sol["mc_error"]]}
     res["max"] = float(max(res["phi"]))
-    action = _action(phis, duals, y_train, g2, inv_beta, c, method, sol.get("log_z"))
-    action_error = 0.0 if method == "exact" else float(np.sqrt(np.sum(np.square(sol["log_z_error"])))) \
-        if sol.get("log_z_error") is not None else float("nan")
+    action, action_err = _action(phis, duals, y_train, g2, inv_beta, c, method, sol.get("log_z"),
+                                 sol.get("log_z_error"))
     return ANBKResult(
         kernels=phis, kernels_full=full, duals=duals,
         train_predictions=train_pred, test_predictions=test_pred,
         test_loss=metrics.test_loss, train_loss=metrics.train_loss, test_error=metrics.test_error,
         alignment=[_alignment(q, y_train) if np.isfinite(q).all() else float("nan") for q in phis],
         converged=bool(sol["converged"]), iterations=int(sol["iterations"]), residual=res,
-        ess=[float(e) for e in sol["ess"]], action=float(action), action_mc_error=action_error,
+        ess=[float(e) for e in sol["ess"]], action=float(action), action_mc_error=action_err,
         history=sol["history"],
         message=sol["message"], seconds=time.perf_counter() - start,
         gamma0=gamma0, beta=beta, depth=depth, activation=act.name, samples=int(sol.get("samples", samples)),
@@ -855,19 +854,20 @@ def _run_hs(act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples, s
     return sol, phis, ms, final, state, full
 
 
-def _action(phis, duals, y, g2, inv_beta, c, method, log_zs=None):
-    """The action ``S`` at the state (``akviz.anbk_action``): ``ln Z_l`` exact for the linear network
-    (``-1/2 ln det(I + Phi^{l-1} hatPhi^l)``), else the solver's Monte Carlo estimate ``log_zs`` (importance
-    sampling: ``"ais"``, ``"is"``); NaN where the solver has none (chains sample the tilted density itself)."""
+def _action(phis, duals, y, g2, inv_beta, c, method, log_zs=None, log_z_errors=None):
+    """The action ``S`` at the state (``akviz.anbk_action``) and its Monte Carlo error: ``ln Z_l`` exact for the
+    linear network (``-1/2 ln det(I + Phi^{l-1} hatPhi^l)``), else the solver's estimate ``log_zs`` with its
+    errors (importance sampling: ``"ais"``, ``"is"``); NaN where the solver has none (chains sample the tilted
+    density itself)."""
     if method == "exact":
         priors = [c] + list(phis[:-1])
-        log_zs = []
+        log_zs, log_z_errors = [], [0.0]
         for k, d in zip(priors, duals):
             r = _np_sqrt_pinv(k)[0]
             log_zs.append(-0.5 * float(np.linalg.slogdet(np.eye(len(y)) + r @ d @ r)[1]))
     if log_zs is None:
-        return float("nan")
-    return saddle_action(phis, duals, y, g2, inv_beta, log_zs)
+        return float("nan"), float("nan")
+    return saddle_action(phis, duals, y, g2, inv_beta, log_zs), action_error(log_z_errors)
 
 
 # ---------------------------------------------------------------- preactivation densities

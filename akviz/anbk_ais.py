@@ -115,7 +115,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .anbk_action import saddle_action
+from .anbk_action import log_z_from_groups, saddle_action
 from .anbk_mcmc import EIG_CUTOFF, proposal_noise, sym_sqrt_pinv
 from .regression import alignment
 
@@ -541,14 +541,7 @@ class _Draws:
         The mixture is a normalised density, so the weights' mean is ``Z`` itself (``_batch_log_z_groups``)."""
         parts, _, shift = self._combine(_batch_log_z_groups, jnp.asarray(a), g)
         # per-group means of r (e^t - 1), in units of e^shift: Z = 1 + e^shift v
-        v = np.concatenate([q[0] for q in parts]) / GROUP
-        mean, se = float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
-        if not (math.isfinite(shift) and math.isfinite(mean)):  # the weights overflowed: no estimate
-            return float("nan"), float("nan")
-        if mean <= 0:  # t = 0 on every draw (gamma0 = 0 or a = 0): Z = 1
-            return 0.0, 0.0
-        unit = math.exp(-min(max(shift, -700.0), 700.0))  # 1 in units of e^shift (Z is then e^shift (unit + v))
-        return float(np.logaddexp(0.0, shift + math.log(mean))), se / (unit + mean)
+        return log_z_from_groups(shift, np.concatenate([q[0] for q in parts]) / GROUP, offset=1.0)
 
     def refit(self, a, g):
         """What ``_Problem.proposal`` needs to refit the mixture to the target at ``a``."""
