@@ -52,7 +52,9 @@ on ``a`` only through ``g^2 s_n^2 / 2``, ``s_n = a . phi_n``, so
 is a smooth map solved by quasi-Newton steps with backtracking (``G`` costs ``O(N P)``
 over all draws; a Jacobian, ``O(N P^2)`` in float32 over the first ``JACOBIAN_DRAWS``,
 is corrected by Broyden's rank-one update after each step and recomputed only where
-the steps stall); a step may not drop the ESS below ``ESS_TRUST`` of the draw's.
+the steps stall); a step may not drop the ESS below ``ESS_TRUST`` of the draw's. It stops
+at ``NEWTON_NOISE_SHARE`` of ``G``'s own Monte Carlo error on the draws (``_Draws.g_error``):
+closer than that moves ``a`` by a sliver of its error bar, at 2-3 more passes over the draws.
 ``F`` is a weighted average of outer products: symmetric positive semi-definite by
 construction.
 
@@ -165,10 +167,17 @@ MODE_TOL = 1e-6
 MODE_ITERATIONS = 800
 #: A Newton step may not drop the ESS below this fraction of the draw's own.
 ESS_TRUST = 0.3
-#: Newton iterations per draw, and the relative ``|G| / |y|`` at which the sample average counts as solved
-#: (a moves ``a`` and ``Phi`` by about as much: far below their Monte Carlo error, ~3e-3).
+#: Newton iterations per draw, and when the sample average counts as solved: ``|G| <= NEWTON_TOL |y|``, or
+#: ``|G|`` at most ``NEWTON_NOISE_SHARE`` of ``G``'s own Monte Carlo standard error on the draw. ``G``'s error and
+#: Newton's leftover both reach ``a`` and ``Phi`` through ``J^-1``, so the leftover is that share of their error
+#: bars (at ``gamma0 = 0.3``, ``beta = 1``: ``|G| ~ 1e-4 |y|``, where 1e-6 took 2-3 more passes over the draws).
 NEWTON_ITERATIONS = 25
 NEWTON_TOL = 1e-6
+NEWTON_NOISE_SHARE = 0.03
+#: Draws of each batch (its first groups) behind a refit: the refit only shapes the next proposal, whose weights
+#: are exact whatever it is, and half a batch gives it 1300 draws a component (49 nodes) against ``PRIOR_COUNT``
+#: pseudo-draws. It halves the refit's 0.2 s a batch.
+REFIT_DRAWS = 1 << 16
 #: Draws kept (with their weights) for the preactivation densities.
 POOL = 1 << 15
 
@@ -285,7 +294,7 @@ def _unnormalised(a, g, f, base):
     """Weights ``exp(log w - m)`` of one batch relative to its largest log-weight ``m``, ``s = a . phi``, ``m``.
 
     ``f`` (the draws' ``phi``) is float32, ``a`` float64: ``s`` is exact in the stored ``phi``, so ``G(a)`` is as
-    smooth in ``a`` as in float64 (Newton solves it to 1e-6) and costs the same.
+    smooth in ``a`` as in float64 (Newton can solve it to 1e-6) and costs the same.
 
     Every batch function returns its ``m``; ``_Draws`` rescales the batches' sums by ``exp(m_b - max m)``,
     so that one pass over the draws gives normalised averages without overflow."""
@@ -306,6 +315,27 @@ def _batch_g(a, g, f, base):
     """``sum w``, ``sum w^2`` and ``sum w s phi`` (for ``G(a)`` and the ESS): O(N P)."""
     m, total, sq, ws = _batch_g_weights(a, g, f, base)
     return m, total, sq, _weighted_sum(ws, f)
+
+
+@jax.jit
+def _group_sums(v, f):
+    """Per-group ``v @ f`` (``GROUPS_PER_BATCH`` rows): a loop over the groups, each as ``_weighted_sum`` (one
+    reduction over a reshaped axis runs ~10x slower in XLA's CPU code)."""
+    split = (v.reshape(GROUPS_PER_BATCH, -1), f.reshape(GROUPS_PER_BATCH, -1, f.shape[1]))
+    return jax.lax.map(lambda vf: jnp.sum(vf[0][:, None] * vf[1], axis=0), split)
+
+
+@jax.jit
+def _batch_group_weights(a, g, f, base):
+    """``m``, per-group ``sum w`` and the vector ``w s``."""
+    w, s, m = _unnormalised(a, g, f, base)
+    return m, jnp.sum(w.reshape(GROUPS_PER_BATCH, -1), axis=1), w * s
+
+
+def _batch_g_groups(a, g, f, base):
+    """Per-group ``sum w`` and ``sum w s phi``: the batch means behind ``G``'s standard error."""
+    m, totals, ws = _batch_group_weights(a, g, f, base)
+    return m, totals, _group_sums(ws, f)
 
 
 @jax.jit
@@ -356,8 +386,9 @@ def _batch_weights(a, g, f, base):
 @jax.jit
 def _batch_moments(a, g, f, base, w_coord, resp):
     """Per-component ``sum_n w_n r_nj`` and ``sum_n w_n r_nj w_n`` (population Monte Carlo), and
-    ``sum_n w_n w_n w_n^T``. Float32 products: they only shape the next proposal, and the weights are exact
-    for whatever proposal draws."""
+    ``sum_n w_n w_n w_n^T``, over the batch's first ``REFIT_DRAWS``. Float32 products: they only shape the next
+    proposal, and the weights are exact for whatever proposal draws."""
+    f, base, w_coord, resp = (x[:REFIT_DRAWS] for x in (f, base, w_coord, resp))
     w, _, m = _unnormalised(a, g, f, base)
     w32 = w.astype(jnp.float32)
     rw = resp * w32[:, None]
@@ -368,7 +399,8 @@ def _batch_moments(a, g, f, base, w_coord, resp):
 @jax.jit
 def _batch_span_moments(a, g, span, f, base, w_coord, resp):
     """Per-component ``sum_n w_n r_nj (U^T w_n)(U^T w_n)^T``: the components' covariances in the span ``U``
-    (float32 products, as in ``_batch_moments``)."""
+    (float32 products over the first ``REFIT_DRAWS``, as in ``_batch_moments``)."""
+    f, base, w_coord, resp = (x[:REFIT_DRAWS] for x in (f, base, w_coord, resp))
     w, _, m = _unnormalised(a, g, f, base)
     x = w_coord @ span.astype(jnp.float32)
     rw = resp * w.astype(jnp.float32)[:, None]
@@ -488,6 +520,17 @@ class _Draws:
         fa = sum(q[2] for q in parts) / total - self.control()[0] @ a
         return fa + self.inv_beta * np.asarray(a) - self.y, total * total / (sq * self.n)
 
+    def g_error(self, a, g):
+        """Monte Carlo standard error of ``G(a)`` (a vector norm, in ``G``'s units): batch means over the groups
+        of the linearised ratio estimator ``F(a) a``, less the control variate's ``D a``, as in ``estimate``."""
+        parts, _, _ = self._combine(_batch_g_groups, jnp.asarray(a), g)
+        totals = np.concatenate([q[0] for q in parts])
+        sums = np.concatenate([q[1] for q in parts])
+        total, groups = totals.sum(), len(totals)
+        fa = sums.sum(0) / total
+        dev = (sums - fa[None] * totals[:, None]) / total * groups - self.control()[1] @ np.asarray(a, float)
+        return math.sqrt(float(np.sum(dev**2)) / (groups * (groups - 1)))
+
     def jacobian(self, a, g):
         """``G(a)`` and ``J(a) = F + I/beta + g^2 (T - (F a)(F a)^T)`` (``J`` on the first ``jacobian_draws``
         draws where set: ``O(N P^2)`` against ``G``'s ``O(N P)``)."""
@@ -559,8 +602,8 @@ class _Draws:
         in_span = sum(q[0] for q in parts) / total
         proj_means = means @ span
         cov = in_span / np.maximum(mass, 1e-300)[:, None, None] - proj_means[:, :, None] * proj_means[:, None, :]
-        return {"xis": self.prop["xis"], "mass": mass, "sums": sums, "n": self.n, "span": span, "cov": cov,
-                "b": g * np.asarray(a, float)}
+        return {"xis": self.prop["xis"], "mass": mass, "sums": sums, "n": REFIT_DRAWS * len(self.batches),
+                "span": span, "cov": cov, "b": g * np.asarray(a, float)}
 
     def test_blocks(self, fn, a, g, l_test):
         """Weighted ``<phi_test phi_train^T>`` over the first ``TEST_CROSS_BATCHES`` batches and
@@ -684,8 +727,10 @@ class _Problem:
         return _Draws(prop, batches, self.inv_beta, self.y, prior, prior_test, self.jacobian_draws)
 
 
-def _newton(d, a, g, tol=NEWTON_TOL):
-    """Solve ``G(a) = 0`` on the draws ``d`` to ``|G| <= tol |y|``; returns ``(a, |G|/|y|, iterations, note)``.
+def _newton(d, a, g, tol=NEWTON_TOL, noise_share=NEWTON_NOISE_SHARE):
+    """Solve ``G(a) = 0`` on the draws ``d`` to ``|G| <= tol |y|``, or to ``noise_share`` of ``G``'s own Monte Carlo
+    standard error at the start (``d.g_error``; ``noise_share=0``: ``tol`` alone); returns
+    ``(a, |G|/|y|, iterations, note)``.
 
     Quasi-Newton: the Jacobian (from ``d.jacobian``, on a subset of the draws) is corrected after every step by
     Broyden's rank-one update, which learns the difference to the full sample average from the steps
@@ -697,9 +742,11 @@ def _newton(d, a, g, tol=NEWTON_TOL):
     fresh = True
     _, ess_draw = d.g_value(a, g)
     gn = float(np.linalg.norm(gv))
+    # solving beyond the draw's own noise moves a by less than its error bar: that share of G's error is enough
+    enough = max(tol * y_norm, noise_share * d.g_error(a, g) if noise_share > 0 else 0.0)
     note, it = "", 0
     for it in range(NEWTON_ITERATIONS):
-        if not math.isfinite(gn) or gn <= tol * y_norm:
+        if not math.isfinite(gn) or gn <= enough:
             break
         step = np.linalg.solve(jac, -gv)
         t = 1.0

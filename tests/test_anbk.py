@@ -447,7 +447,8 @@ def test_ais_newton_solves_the_sample_average_in_float64():
         pooled = anbk_ais._Draws.pooled([first, second])
         jacobian = pooled.jacobian
         pooled.jacobian = lambda *args: calls.append(1) or jacobian(*args)
-        a, gres, iterations, note = anbk_ais._newton(pooled, a0, gamma0)
+        # to NEWTON_TOL alone (noise_share=0): the machinery, not the stopping rule of the solver
+        a, gres, iterations, note = anbk_ais._newton(pooled, a0, gamma0, noise_share=0.0)
         shift = pooled.control()[0]
     assert note == "" and gres <= anbk_ais.NEWTON_TOL
     # one computed Jacobian and superlinear steps: 6 iterations here, where chord steps on the first Jacobian
@@ -462,6 +463,45 @@ def test_ais_newton_solves_the_sample_average_in_float64():
     g_value = (w * s) @ f / w.sum() - shift @ a + a / beta - y
     assert np.linalg.norm(g_value) <= 1.5 * anbk_ais.NEWTON_TOL * np.linalg.norm(y), np.linalg.norm(g_value)
     assert np.linalg.norm(a - a0) > 1e-3 * np.linalg.norm(a0)  # the tilt moved it: a real solve
+
+
+def test_ais_newton_stops_at_a_share_of_the_draws_own_noise():
+    """``g_error`` (batch means over the Sobol groups) matches the spread of ``G(a)`` across independent draws,
+    and Newton stopped at ``NEWTON_NOISE_SHARE`` of it lands far closer to the tight solution than draws'
+    solutions lie to each other: the early stop costs nothing the Monte Carlo error does not swamp."""
+    import jax
+
+    from akviz import anbk_ais
+    from akviz.kernels import input_kernel, lazy_kernels
+
+    gamma0, beta = 0.25, 1.0
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    x_all = np.concatenate([ds.x_train, ds.x_test])
+    y, p = ds.y_train, len(ds.y_train)
+    act = akviz.get_activation("relu")
+    nngp = lazy_kernels(x_all, depth=1, activation=act).nngp[0]
+    a0 = np.linalg.solve(nngp[:p, :p] + np.eye(p) / beta, y)
+    values, errors, loose, tight = [], [], [], []
+    with jax.enable_x64(True):  # as inside akviz.anbk
+        prob = anbk_ais._Problem(act, input_kernel(x_all), p, y, beta, 1, prior=nngp,
+                                 jacobian_draws=anbk_ais.JACOBIAN_DRAWS, sobol=True)
+        for _ in range(8):
+            d = prob.draw(a0, gamma0, (1.5, 1.5), anbk_ais.BATCH)
+            values.append(d.g_value(a0, gamma0)[0])
+            errors.append(d.g_error(a0, gamma0))
+            a, gres, _, note = anbk_ais._newton(d, a0, gamma0)
+            assert note == "" and gres * np.linalg.norm(y) <= anbk_ais.NEWTON_NOISE_SHARE * errors[-1]
+            loose.append(a)
+            tight.append(anbk_ais._newton(d, a, gamma0, noise_share=0.0)[0])
+    values, loose, tight = np.array(values), np.array(loose), np.array(tight)
+    spread = math.sqrt(np.sum((values - values.mean(0)) ** 2) / (len(values) - 1))
+    reported = math.sqrt(np.mean(np.square(errors)))
+    assert 0.6 < spread / reported < 1.6, (spread, reported)
+    assert np.linalg.norm(values.mean(0)) > 3 * reported  # a0 is not the solution: G measures something
+    # the early stop moves a by a few per cent of the seed-to-seed spread of the tight solutions
+    a_spread = math.sqrt(np.sum((tight - tight.mean(0)) ** 2) / (len(tight) - 1))
+    assert np.max(np.linalg.norm(loose - tight, axis=1)) < 0.1 * a_spread, (np.linalg.norm(loose - tight, axis=1),
+                                                                            a_spread)
 
 
 def test_ais_mean_field_modes_are_fixed_points():
