@@ -123,11 +123,13 @@ class ANBKResult:
       ess: per-layer effective sample size of the final weights, fraction of samples.
       action: the action ``S`` of THEORY.md 3.1 at the state (``akviz.anbk_action``): ``ln Z`` exact for the
         linear network, a Monte Carlo estimate from the importance weights for ``"ais"`` (on the final,
-        fresh draw) and ``"is"`` (where the result is the state its last samples measured); NaN for
-        ``"mala"`` (chains sample the tilted density itself: no normaliser) and ``"hs"``.
+        fresh draw) and ``"is"`` (where the result is the state its last samples measured), by stepping
+        stones for ``"mala"`` (the chains walk down the tilt's strength from the final state to the prior:
+        ``akviz.anbk_mcmc.log_normalisers``); NaN for ``"hs"``, and where the tilted density does not normalise.
       action_mc_error: its Monte Carlo standard error (that of ``ln Z``; 0 exact, NaN where ``action`` is).
       history: one dict per iteration: residuals, ESS, seconds, ``alignment``; ``"ais"`` checks and
-        ``"is"`` iterations add ``action``, ``action_mc_error`` and ``log_z`` of the state they check.
+        ``"is"`` iterations add ``action``, ``action_mc_error`` and ``log_z`` of the state they check, and
+        ``"mala"`` its last evaluation (the stepping stones cost 1-2 s a layer: once, at the final state).
       message: a sentence saying what happened (and why not, when not converged).
       seconds: wall time.
       gamma0, beta, depth, activation, samples, method, seed: the settings.

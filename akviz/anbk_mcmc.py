@@ -89,6 +89,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .anbk_action import action_error, saddle_action
 from .regression import alignment
 
 #: Independent chain groups for batch-means standard errors.
@@ -107,6 +108,14 @@ EIG_CUTOFF = 1e-11
 HOMOGENEOUS = ("relu", "linear")
 #: Precision of the chains (kernel sums and the state are float64).
 CHAIN_DTYPE = jnp.float32
+#: ``ln Z_l`` at the final state by stepping stones (``log_normalisers``): the tilt's strength ``t`` on
+#: ``STONES`` equal steps from 0 (the prior, drawn exactly) to 1; at each ``t > 0``, ``STONE_BURN`` rounds of MALA
+#: on the chains coming down from ``t = 1`` (the state's own), then ``STONE_ROUNDS`` rounds that sample it, on at
+#: most ``STONE_CHAINS`` chains a layer.
+STONES = 8
+STONE_BURN = 8
+STONE_ROUNDS = 16
+STONE_CHAINS = 2048
 
 
 def sym_sqrt_pinv(k):
@@ -144,9 +153,9 @@ def proposal_noise(key, shape, dtype=CHAIN_DTYPE):
     return (math.sqrt(2.0) * jax.lax.erf_inv(2.0 * u - 1.0)).astype(dtype)
 
 
-@functools.lru_cache(maxsize=None)
-def mcmc_functions(phi, dphi, depth: int, n_inner: int, homogeneous: bool):
-    """The jitted round program for one activation, depth and MALA steps per round.
+def _mala_fn(phi, dphi, n_inner: int, homogeneous: bool):
+    """``mala(u, eps, r, m, last, key, adapt)``: ``n_inner`` MALA steps of one layer's chains (traceable, not
+    jitted: the round programs and ``stepping_stones`` compile it into theirs).
 
     ``homogeneous``: ``phi(c h) = c phi(h)`` for ``c > 0`` (relu, linear): adds the exact radial move.
     """
@@ -239,6 +248,15 @@ def mcmc_functions(phi, dphi, depth: int, n_inner: int, homogeneous: bool):
         (u, eps, _, _), rates = jax.lax.scan(step, (u, eps) + tilt(u, r, m), jax.random.split(key, n_inner))
         return u, eps, jnp.mean(rates), phi(u @ r)
 
+    return mala
+
+
+@functools.lru_cache(maxsize=None)
+def mcmc_functions(phi, dphi, depth: int, n_inner: int, homogeneous: bool):
+    """The jitted round program for one activation, depth and MALA steps per round (``homogeneous``: see
+    ``_mala_fn``)."""
+    mala = _mala_fn(phi, dphi, n_inner, homogeneous)
+
     def duals(phis, suu, r1, y, g, inv_beta):
         """Square roots per layer and the tilts ``M_l`` (last: the vector ``g a``) at a state."""
         p = y.shape[0]
@@ -311,6 +329,89 @@ def mcmc_functions(phi, dphi, depth: int, n_inner: int, homogeneous: bool):
         return state, acc, diag, snaps
 
     return jax.jit(rounds, static_argnums=(7, 8))
+
+
+@functools.lru_cache(maxsize=None)
+def _stones_fn(phi, dphi, n_inner: int, homogeneous: bool, last: bool):
+    """The jitted stepping-stone program of one layer kind (``last``: the rank-one readout tilt)."""
+    mala = _mala_fn(phi, dphi, n_inner, homogeneous)
+
+    def energy(f, m):
+        """``phi^T M phi / 2`` per chain; last layer (``m = gamma0 a``): ``(m . phi)^2 / 2``."""
+        return 0.5 * (f @ m) ** 2 if last else 0.5 * jnp.sum(f * (f @ m), axis=-1)
+
+    def group_lse(x):
+        return jax.nn.logsumexp(x.astype(jnp.float64).reshape(GROUPS, -1), axis=1)
+
+    @jax.jit
+    def stones(u, eps, r, m, key):
+        """Per stone ``k`` (``t_k = k / STONES``) and chain group: ``log sum exp(dt V)`` over the group's samples of
+        the density tilted by ``t_k``, ``dt = 1 / STONES``, ``V = energy``. Stones from ``t = 1 - dt`` down to
+        ``dt`` run the chains ``u`` (drawn at ``t = 1``) downwards; stone 0 draws the prior exactly."""
+        dt = 1.0 / STONES
+
+        def strength(t):  # the tilt at t: t M, or sqrt(t) gamma0 a for the readout's square
+            return jnp.sqrt(t) * m if last else t * m
+
+        def sample(carry, k):
+            u, eps = carry
+            mt = strength(k * dt).astype(u.dtype)
+
+            def one(c, inp):
+                u, eps = c
+                key, adapt = inp
+                u, eps, _, f = mala(u, eps, r, mt, last, key, adapt)
+                return (u, eps), group_lse(dt * energy(f, m))
+            keys = jax.random.split(jax.random.fold_in(key, k), STONE_BURN + STONE_ROUNDS)
+            adapt = jnp.arange(STONE_BURN + STONE_ROUNDS) < STONE_BURN
+            (u, eps), lse = jax.lax.scan(one, (u, eps), (keys, adapt))
+            return (u, eps), (jax.nn.logsumexp(lse[STONE_BURN:], axis=0), jnp.max(jnp.sum(u * u, axis=-1)))
+
+        _, (upper, u2max) = jax.lax.scan(sample, (u, eps), jnp.arange(STONES - 1, 0, -1))
+
+        def prior(_, key):
+            f = phi(jax.random.normal(key, u.shape, u.dtype) @ r)
+            return None, group_lse(dt * energy(f, m))
+        _, lse0 = jax.lax.scan(prior, None, jax.random.split(jax.random.fold_in(key, 0), STONE_ROUNDS))
+        return jnp.concatenate([jax.nn.logsumexp(lse0, axis=0)[None], upper[::-1]]), jnp.max(u2max)
+    return stones
+
+
+def log_normalisers(act, c, phis, ms, u, eps, y, g, beta, seed, n_inner=4):
+    """``ln Z_l`` of every layer at the state ``phis`` (tilts ``ms``: ``M_l = -hatPhi^l``) by stepping stones, and
+    their Monte Carlo standard errors.
+
+    ``Z_l(1) / Z_l(0) = prod_k E_{t_k}[exp((t_{k+1} - t_k) phi^T M_l phi / 2)]`` over ``t_k = k / STONES``, each
+    factor an average over the density tilted by ``t_k`` (``Z_l(0) = 1``): unbiased factors, no quadrature. The
+    chains ``u`` (the state's, sampling ``t = 1``) walk down the stones; the errors are batch means over
+    ``GROUPS`` independent chain groups (each group's own product). NaN where a factor overflows or the chains
+    run away (``|u|^2 > ESCAPE``): the tilted density does not normalise at the state. The chains must sample
+    the state's own tilted density: ``solve`` calls it on the chains of a final evaluation its checks passed
+    (from a state that does not normalise, chains that have not yet run far give a meaningless number)."""
+    p = len(y)
+    a = np.linalg.solve(np.asarray(phis[-1]) + np.eye(p) / beta, np.asarray(y, float))
+    priors = [np.asarray(c)] + [np.asarray(q) for q in phis[:-1]]
+    depth = len(phis)
+    chains = max(GROUPS, min(STONE_CHAINS, u.shape[1]) // GROUPS * GROUPS)
+    key = jax.random.PRNGKey(int(seed) + 7919)
+    log_z, errors = [], []
+    for l in range(depth):
+        last = l == depth - 1
+        r = np.asarray(sym_sqrt_pinv(jnp.asarray(priors[l]))[0])
+        m = g * a if last else np.asarray(ms[l])
+        fn = _stones_fn(act.fn, act.deriv, n_inner, act.name in HOMOGENEOUS, last)
+        lse, u2max = fn(jnp.asarray(u[l][:chains], CHAIN_DTYPE), jnp.asarray(eps[l], CHAIN_DTYPE),
+                        jnp.asarray(r, CHAIN_DTYPE), jnp.asarray(m), jax.random.fold_in(key, l))
+        lse = np.asarray(lse)
+        per_group = chains // GROUPS * STONE_ROUNDS  # samples behind each group's average
+        # pooled over the groups for the value; each group's own product for the spread
+        value = float(np.sum(np.logaddexp.reduce(lse, axis=1) - math.log(per_group * GROUPS)))
+        groups = np.sum(lse - math.log(per_group), axis=0)
+        # chains that ran away: the tilted density does not normalise at the state (and ln Z is infinite)
+        ok = math.isfinite(value) and np.isfinite(groups).all() and float(u2max) < ESCAPE
+        log_z.append(value if ok else float("nan"))
+        errors.append(float(groups.std(ddof=1) / math.sqrt(GROUPS)) if ok else float("nan"))
+    return log_z, errors
 
 
 def relative_difference(a, b):
@@ -469,9 +570,18 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
                    "max_iter or samples, or use a smaller gamma0 or a larger beta.")
     st = {"u": np.asarray(state["u"]), "eps": np.asarray(state["eps"]), "suu": np.asarray(state["suu"]),
           "phis": np.asarray(out["phis"]), "beta": float(beta)}
+    # the action's ln Z at the final state: the chains walk down the stepping stones from it
+    if callback is not None:
+        callback(len(history), {"iteration": len(history), "phase": "action", "round": progress["round"],
+                                "seconds": time.perf_counter() - start})
+    log_z, log_z_error = log_normalisers(act, c, out["phis"], out["ms"], st["u"], st["eps"], y, g, beta, seed,
+                                         n_inner)
+    if history:
+        action = saddle_action(out["phis"], [-m for m in out["ms"]], y, g * g, 1.0 / beta, log_z)
+        history[-1].update(log_z=log_z, action=action, action_mc_error=action_error(log_z_error))
     return {"converged": converged, "message": message, "iterations": len(history), "history": history,
             "phis": out["phis"], "ms": out["ms"], "res_phi": out["res_phi"], "res_dual": out["res_dual"],
-            "mc_error": out["mc_error"], "ess": out["ess"], "state": st,
+            "mc_error": out["mc_error"], "ess": out["ess"], "state": st, "log_z": log_z, "log_z_error": log_z_error,
             "final": {"pool": pool, "w": [np.full(len(q), 1.0 / len(q)) for q in pool],
                       "ms": out["ms"]}}
 

@@ -266,6 +266,34 @@ def test_mala_two_seeds_and_hs_agree_within_error():
     assert _rel_err(m0.kernels[0], lazy.kernels[0]) > 8 * err
 
 
+def test_mala_stepping_stones_match_the_linear_log_normaliser():
+    """ln Z_l by stepping stones (akviz.anbk_mcmc.log_normalisers) at the exact depth-2 linear saddle, from chains
+    drawn exactly at t = 1: within 4 reported standard errors of -1/2 ln det(I - R M R) for both layers."""
+    import jax.numpy as jnp
+
+    from akviz import anbk_mcmc
+    from akviz.kernels import input_kernel
+
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    gamma0, beta = 0.7, 1.0
+    exact = anbk(ds, gamma0=gamma0, beta=beta, depth=2, activation="linear")
+    assert exact.converged, exact.message
+    c = input_kernel(ds.x_train)
+    ms = [-d for d in exact.duals]
+    rng = np.random.default_rng(0)
+    want, chains = [], []
+    for prior, m in zip([c, exact.kernels[0]], ms):
+        r = np.asarray(anbk_mcmc.sym_sqrt_pinv(jnp.asarray(prior))[0])
+        precision = np.eye(30) - r @ m @ r
+        want.append(-0.5 * np.linalg.slogdet(precision)[1])
+        chains.append(rng.standard_normal((1024, 30)) @ np.linalg.cholesky(np.linalg.inv(precision)).T)
+    log_z, errors = anbk_mcmc.log_normalisers(akviz.get_activation("linear"), c, exact.kernels, ms,
+                                              np.array(chains), np.array([0.3, 0.3]), ds.y_train, gamma0, beta, 0)
+    assert min(want) > 0.05  # a real tilt, not the prior
+    for got, err, ref in zip(log_z, errors, want):
+        assert 0 < err < 0.02 * ref and abs(got - ref) < 4 * err, (got, ref, err)
+
+
 def test_mala_runaway_reports_cause_and_no_kernel(monkeypatch):
     from akviz import anbk_mcmc
 
@@ -657,6 +685,10 @@ def test_ais_agrees_with_mala_and_across_seeds():
     assert _rel_err(a0.kernels[0], mala.kernels[0]) < 4 * math.hypot(a0.mc_error[0], mala.mc_error[0])
     lazy = akviz.lazy_predictor(ds, ridge=1.0)
     assert _rel_err(a0.kernels[0], lazy.kernels[0]) > 8 * a0.mc_error[0]
+    # the action from two estimators of ln Z: the importance weights, and MALA's stepping stones
+    assert mala.history[-1]["action"] == mala.action and 0 < mala.action_mc_error < 0.05
+    assert abs(a0.action - mala.action) < 4 * math.hypot(a0.action_mc_error, mala.action_mc_error), (
+        a0.action, mala.action, a0.action_mc_error, mala.action_mc_error)
     # positive semi-definite, symmetric, and the train+test kernel extends the train one
     assert np.linalg.eigvalsh(a0.kernels[0]).min() > -1e-10
     np.testing.assert_array_equal(a0.kernels_full[0][:30, :30], a0.kernels[0])
