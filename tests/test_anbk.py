@@ -72,12 +72,10 @@ def test_linear_sampling_agrees_with_exact_within_error_bars():
         err = np.linalg.norm(mc.kernels[0] - exact.kernels[0]) / np.linalg.norm(exact.kernels[0])
         assert mc.mc_error[0] > 0
         assert err < 4 * math.sqrt(2) * mc.mc_error[0], (method, err, mc.mc_error)
-        if method == "is":  # ln Z from the prior samples' weights; the action against the exact one
-            assert 0 < mc.action_mc_error < 0.05 * exact.action
-            assert abs(mc.action - exact.action) < 4 * mc.action_mc_error, (mc.action, exact.action)
-            assert mc.history[-1]["action"] == mc.action
-        else:  # chains sample the tilted density itself: no normaliser, no action
-            assert math.isnan(mc.action) and math.isnan(mc.action_mc_error)
+        # ln Z from the prior samples' weights ("is") or MALA's stepping stones; the action against the exact one
+        assert 0 < mc.action_mc_error < 0.05 * exact.action
+        assert abs(mc.action - exact.action) < 4 * mc.action_mc_error, (method, mc.action, exact.action)
+        assert mc.history[-1]["action"] == mc.action
 
 
 def test_two_seeds_agree_within_reported_error():
@@ -359,9 +357,11 @@ def test_mala_callback_hears_each_chunk_and_can_stop_within_a_pass():
     res = anbk(ds, gamma0=0.2, beta=1.0, samples=512, max_iter=1, method="mala",
                callback=lambda it, s: calls.append((it, dict(s))))
     assert np.isfinite(res.kernels).all(), res.message
-    chunks, last = [s for _, s in calls[:-1]], calls[-1][1]
+    # the chunks, the evaluation's record, then the stepping stones of the action at the final state
+    chunks, last, stones = [s for _, s in calls[:-2]], calls[-2][1], calls[-1][1]
     phases = [s["phase"] for s in chunks]
     assert "residual" in last and all("residual" not in s for s in chunks)
+    assert stones["phase"] == "action" and "residual" not in stones
     for name in ("relaxing", "averaging", "evaluating"):
         assert phases.count(name) >= 2, phases
     assert phases == sorted(phases, key=["relaxing", "averaging", "evaluating"].index)
