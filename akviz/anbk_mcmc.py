@@ -34,6 +34,10 @@ of a noisy map, the way THEORY.md 3.4 found to work for the relu tilt at
   10) instead of 4.8% and 11.5%, their test predictions by 0.0065 and 0.013
   RMS instead of 0.013 and 0.015. ``mc_error`` stays the evaluation's: an
   upper bound for those kernels.
+* the action's ``ln Z_l`` at the final state comes from stepping stones
+  (``log_normalisers``): the evaluation's chains walk the tilt's strength
+  down to the prior, and the product of the averages of
+  ``exp(dt phi^T M phi / 2)`` between neighbouring strengths is ``Z_l``.
 
 Why this and not a deterministic fixed-point map: for relu the tilt
 ``exp(+gamma0^2 (a . phi)^2 / 2)`` is normalisable only while
