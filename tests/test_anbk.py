@@ -292,6 +292,30 @@ def test_mala_stepping_stones_match_the_linear_log_normaliser():
         assert 0 < err < 0.02 * ref and abs(got - ref) < 4 * err, (got, ref, err)
 
 
+def test_mala_stepping_stones_agree_with_importance_sampling_and_refuse_a_tilt_that_does_not_normalise():
+    """relu, the NNGP ridge ``a`` (P = 30): at gamma0 = 0.3 (mean-field tail slope 0.84) the stones' ln Z agrees with
+    the importance sampler's within the errors; at 0.4 (slope 1.12: the density does not normalise) it is NaN,
+    not a number from chains that have not yet run far (without the stones' ESS floor: 126 +- 6)."""
+    import jax
+
+    from akviz import anbk_ais, anbk_mcmc
+    from akviz.kernels import input_kernel
+
+    x_all, y, p, act, nngp, a0 = _small_relu_problem(1.0)
+    c = input_kernel(x_all)
+    chains = np.random.default_rng(0).standard_normal((1, 512, p))
+    with jax.enable_x64(True):
+        prob = anbk_ais._Problem(act, c, p, y, 1.0, 0, prior=nngp, sobol=True)
+        assert prob.tail_slopes(a0, 0.3, (1.5, 1.5))[1] < 0.9 and prob.tail_slopes(a0, 0.4, (1.5, 1.5))[1] > 1.1
+        want, want_err = prob.draw(a0, 0.3, (1.5, 1.5), anbk_ais.BATCH).log_normaliser(a0, 0.3)
+        (got,), (err,) = anbk_mcmc.log_normalisers(act, c[:p, :p], [nngp[:p, :p]], [None], chains, [0.3], y, 0.3,
+                                                   1.0, 0)
+        assert 0 < err < 0.02 * want and abs(got - want) < 4 * math.hypot(err, want_err), (got, want, err)
+        (bad,), (bad_err,) = anbk_mcmc.log_normalisers(act, c[:p, :p], [nngp[:p, :p]], [None], chains, [0.3], y,
+                                                       0.4, 1.0, 0)
+    assert math.isnan(bad) and math.isnan(bad_err)
+
+
 def test_mala_runaway_reports_cause_and_no_kernel(monkeypatch):
     from akviz import anbk_mcmc
 
@@ -450,6 +474,19 @@ def test_ais_pooled_draws_match_the_linear_oracle():
     assert 0.5 < ess <= 1
 
 
+def _small_relu_problem(beta):
+    """digits 3-vs-8 with P = 30 (20 test points), relu: train+test inputs, targets, P, the activation, the NNGP
+    on train+test and its ridge ``a`` (the start of the Newton tests)."""
+    from akviz.kernels import lazy_kernels
+
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    x_all = np.concatenate([ds.x_train, ds.x_test])
+    y, p = ds.y_train, len(ds.y_train)
+    act = akviz.get_activation("relu")
+    nngp = lazy_kernels(x_all, depth=1, activation=act).nngp[0]
+    return x_all, y, p, act, nngp, np.linalg.solve(nngp[:p, :p] + np.eye(p) / beta, y)
+
+
 def test_ais_newton_solves_the_sample_average_in_float64():
     """On a pool of two relu draws (stored in float32), the quasi-Newton solve reaches its tolerance on
     G(a) = (F(a) - D + I/beta) a - y as recomputed here in NumPy float64 from the stored draws, with the
@@ -457,15 +494,10 @@ def test_ais_newton_solves_the_sample_average_in_float64():
     import jax
 
     from akviz import anbk_ais
-    from akviz.kernels import input_kernel, lazy_kernels
+    from akviz.kernels import input_kernel
 
     gamma0, beta = 0.25, 1.0  # the NNGP's a is a fair start here (ESS 94% at the solution), no continuation needed
-    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
-    x_all = np.concatenate([ds.x_train, ds.x_test])
-    y, p = ds.y_train, len(ds.y_train)
-    act = akviz.get_activation("relu")
-    nngp = lazy_kernels(x_all, depth=1, activation=act).nngp[0]
-    a0 = np.linalg.solve(nngp[:p, :p] + np.eye(p) / beta, y)
+    x_all, y, p, act, nngp, a0 = _small_relu_problem(beta)
     calls = []
     with jax.enable_x64(True):  # as inside akviz.anbk
         prob = anbk_ais._Problem(act, input_kernel(x_all), p, y, beta, 0, prior=nngp,
@@ -500,15 +532,10 @@ def test_ais_newton_stops_at_a_share_of_the_draws_own_noise():
     import jax
 
     from akviz import anbk_ais
-    from akviz.kernels import input_kernel, lazy_kernels
+    from akviz.kernels import input_kernel
 
     gamma0, beta = 0.25, 1.0
-    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
-    x_all = np.concatenate([ds.x_train, ds.x_test])
-    y, p = ds.y_train, len(ds.y_train)
-    act = akviz.get_activation("relu")
-    nngp = lazy_kernels(x_all, depth=1, activation=act).nngp[0]
-    a0 = np.linalg.solve(nngp[:p, :p] + np.eye(p) / beta, y)
+    x_all, y, p, act, nngp, a0 = _small_relu_problem(beta)
     values, errors, loose, tight = [], [], [], []
     with jax.enable_x64(True):  # as inside akviz.anbk
         prob = anbk_ais._Problem(act, input_kernel(x_all), p, y, beta, 1, prior=nngp,
