@@ -164,7 +164,7 @@ def proposal_noise(key, shape, dtype=CHAIN_DTYPE):
 
 def _mala_fn(phi, dphi, n_inner: int, homogeneous: bool):
     """``mala(u, eps, r, m, last, key, adapt)``: ``n_inner`` MALA steps of one layer's chains (traceable, not
-    jitted: the round programs and ``stepping_stones`` compile it into theirs).
+    jitted: the round programs and ``_stones_fn`` compile it into theirs).
 
     ``homogeneous``: ``phi(c h) = c phi(h)`` for ``c > 0`` (relu, linear): adds the exact radial move.
     """
@@ -356,10 +356,10 @@ def _stones_fn(phi, dphi, n_inner: int, homogeneous: bool, last: bool):
 
     @jax.jit
     def stones(u, eps, r, m, key):
-        """Per stone ``k`` (``t_k = k / STONES``) and chain group: ``log sum exp(dt V)`` (and of ``2 dt V``) over the
-        group's samples of
-        the density tilted by ``t_k``, ``dt = 1 / STONES``, ``V = energy``. Stones from ``t = 1 - dt`` down to
-        ``dt`` run the chains ``u`` (drawn at ``t = 1``) downwards; stone 0 draws the prior exactly."""
+        """Per stone ``k`` (``t_k = k / STONES``) and chain group: ``log sum exp(dt V)`` and ``log sum exp(2 dt V)``
+        over the group's samples of the density tilted by ``t_k`` (``dt = 1 / STONES``, ``V = energy``), and the
+        largest ``|u|^2`` the chains reached. Stones from ``t = 1 - dt`` down to ``dt`` run the chains ``u`` (drawn
+        at ``t = 1``) downwards; stone 0 draws the prior exactly."""
         dt = 1.0 / STONES
 
         def strength(t):  # the tilt at t: t M, or sqrt(t) gamma0 a for the readout's square
@@ -589,7 +589,8 @@ def solve(act, c, y, g, beta, depth, chains, seed, tol, max_iter, init_state, ca
                    "max_iter or samples, or use a smaller gamma0 or a larger beta.")
     st = {"u": np.asarray(state["u"]), "eps": np.asarray(state["eps"]), "suu": np.asarray(state["suu"]),
           "phis": np.asarray(out["phis"]), "beta": float(beta)}
-    # the action's ln Z at the final state: the chains walk down the stepping stones from it
+    # the action's ln Z at the final state: the chains walk down the stepping stones from it (a few seconds: the
+    # callback hears of it, and cannot stop it)
     if callback is not None:
         callback(len(history), {"iteration": len(history), "phase": "action", "round": progress["round"],
                                 "seconds": time.perf_counter() - start})
