@@ -446,6 +446,20 @@ def _test_blocks_fn(phi):
     return blocks
 
 
+def _ratio_batch_means(sums, totals):
+    """The ratio estimate ``sum_g S_g / sum_g W_g`` and its linearised per-group deviations
+    ``G (S_g - mean W_g) / W`` (``G`` groups): independent estimates of the ratio's noise, one per group."""
+    total, groups = totals.sum(), len(totals)
+    mean = sums.sum(0) / total
+    return mean, (sums - mean[None] * totals.reshape((-1,) + (1,) * mean.ndim)) / total * groups
+
+
+def _batch_means_error(dev):
+    """Standard error (a Frobenius / vector norm) of the mean from per-group deviations ``dev``."""
+    groups = len(dev)
+    return math.sqrt(float(np.sum(dev**2)) / (groups * (groups - 1)))
+
+
 # ---------------------------------------------------------------- draws
 
 
@@ -525,11 +539,8 @@ class _Draws:
         of the linearised ratio estimator ``F(a) a``, less the control variate's ``D a``, as in ``estimate``."""
         parts, _, _ = self._combine(_batch_g_groups, jnp.asarray(a), g)
         totals = np.concatenate([q[0] for q in parts])
-        sums = np.concatenate([q[1] for q in parts])
-        total, groups = totals.sum(), len(totals)
-        fa = sums.sum(0) / total
-        dev = (sums - fa[None] * totals[:, None]) / total * groups - self.control()[1] @ np.asarray(a, float)
-        return math.sqrt(float(np.sum(dev**2)) / (groups * (groups - 1)))
+        _, dev = _ratio_batch_means(np.concatenate([q[1] for q in parts]), totals)
+        return _batch_means_error(dev - self.control()[1] @ np.asarray(a, float))
 
     def jacobian(self, a, g):
         """``G(a)`` and ``J(a) = F + I/beta + g^2 (T - (F a)(F a)^T)`` (``J`` on the first ``jacobian_draws``
@@ -560,12 +571,10 @@ class _Draws:
         totals = np.concatenate([q[1] for q in parts])
         sq = sum(float(q[2]) * c for q, c in zip(parts, scale))
         total = totals.sum()
-        big_f = sums.sum(0) / total
-        groups = len(totals)
-        dev = (sums - big_f[None] * totals[:, None, None]) / total * groups  # linearised ratio estimator
+        big_f, dev = _ratio_batch_means(sums, totals)
         shift, dev_prior = self.control()
         big_f, dev = big_f - shift, dev - dev_prior
-        err = math.sqrt(float(np.sum(dev**2)) / (groups * (groups - 1))) / float(np.linalg.norm(big_f))
+        err = _batch_means_error(dev) / float(np.linalg.norm(big_f))
         big_f = 0.5 * (big_f + big_f.T)
         lam, vec = np.linalg.eigh(big_f)
         if lam[0] < 0:

@@ -419,12 +419,13 @@ def log_normalisers(act, c, phis, ms, u, eps, y, g, beta, seed, n_inner=4):
                                 jnp.asarray(r, CHAIN_DTYPE), jnp.asarray(m), jax.random.fold_in(key, l))
         lse, lse_sq = np.asarray(lse), np.asarray(lse_sq)
         per_group = chains // GROUPS * STONE_ROUNDS  # samples behind each group's average
-        # pooled over the groups for the value; each group's own product for the spread
-        value = float(np.sum(np.logaddexp.reduce(lse, axis=1) - math.log(per_group * GROUPS)))
+        # per stone, pooled over the groups: log sum exp(dt V) and log sum exp(2 dt V)
+        total, total_sq = np.logaddexp.reduce(lse, axis=1), np.logaddexp.reduce(lse_sq, axis=1)
+        # the pooled averages for the value; each group's own product for the spread
+        value = float(np.sum(total - math.log(per_group * GROUPS)))
         groups = np.sum(lse - math.log(per_group), axis=0)
         # each stone's effective sample fraction: a few samples carrying a stone's average means its tilt
         # reaches into a tail the chains do not sample (near t = 1: the density at the state does not normalise)
-        total, total_sq = np.logaddexp.reduce(lse, axis=1), np.logaddexp.reduce(lse_sq, axis=1)
         ess = float(np.min(np.exp(2 * total - total_sq))) / (per_group * GROUPS)
         # chains that ran away: the tilted density does not normalise at the state (and ln Z is infinite)
         ok = math.isfinite(value) and np.isfinite(groups).all() and float(u2max) < ESCAPE and ess >= STONE_ESS

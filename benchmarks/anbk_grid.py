@@ -3,8 +3,8 @@ from the previous one, with the solver ``method="auto"`` picks. Not a test.
 
 Prints one JSON object per line: the solver that produced the result (``ais`` or ``mala``), whether it
 converged, its saddle residual on fresh samples, Monte Carlo error, ESS, test loss against the lazy
-NNGP ridge predictor's (ridge 1/beta), the action and its error (null for ``mala``), wall time, and the
-first part of the message.
+NNGP ridge predictor's (ridge 1/beta), the action and its error (null where ``ln Z`` is unknown), wall time,
+and the first part of the message.
 
     python benchmarks/anbk_grid.py [--depth 1] [--betas 1 10] [--gammas 0.1 0.25 0.5 1 2] [--samples S] [--max-iter M]
 """
