@@ -207,9 +207,14 @@ class ANBKResult:
 _sqrt_and_pinv = _mcmc.sym_sqrt_pinv
 
 
-def _np_sqrt_pinv(k):
-    r, ri = _sqrt_and_pinv(jnp.asarray(k))
+def _np_sqrt_pinv(k, cutoff=_mcmc.EIG_CUTOFF):
+    r, ri = _sqrt_and_pinv(jnp.asarray(k), cutoff)
     return np.asarray(r), np.asarray(ri)
+
+
+def _layer_sqrt_pinv(k):
+    """``_np_sqrt_pinv`` of a layer kernel ``Phi^l`` (Monte Carlo: its null directions carry rounding noise)."""
+    return _np_sqrt_pinv(k, _mcmc.KERNEL_EIG_CUTOFF)
 
 
 class _Anderson:
@@ -391,7 +396,7 @@ def _mc_functions(act: Activation, depth: int):
         """
         p = y.shape[0]
         eye = jnp.eye(p)
-        facs = [(r0, None)] + [_sqrt_and_pinv(phis[l]) for l in range(depth - 1)]
+        facs = [(r0, None)] + [_sqrt_and_pinv(phis[l], _mcmc.KERNEL_EIG_CUTOFF) for l in range(depth - 1)]
         a = jnp.linalg.solve(phis[-1] + inv_beta * eye, y)
         new, ms, ws, logts, esss = [None] * depth, [None] * depth, [None] * depth, [None] * depth, [None] * depth
         m = g2 * jnp.outer(a, a)
@@ -413,7 +418,7 @@ def _mc_functions(act: Activation, depth: int):
 
     def group_kernels(phis, pool, w, f0, r0, groups):
         """Per-group weighted kernels (for batch-means standard errors)."""
-        facs = [r0] + [_sqrt_and_pinv(phis[l])[0] for l in range(depth - 1)]
+        facs = [r0] + [_sqrt_and_pinv(phis[l], _mcmc.KERNEL_EIG_CUTOFF)[0] for l in range(depth - 1)]
         out = []
         for l in range(depth):
             f = f0 if l == 0 else phi(pool[l] @ facs[l])
@@ -454,7 +459,7 @@ def _solve_mc(fns, c, y, g2, inv_beta, depth, samples, method, seed, init_phis, 
     it = 0
     for it in range(1, max_iter + 1):
         # --- fresh samples at the current state
-        rs = np.stack([r0] + [_np_sqrt_pinv(q)[0] for q in phis[:-1]])
+        rs = np.stack([r0] + [_layer_sqrt_pinv(q)[0] for q in phis[:-1]])
         key, sub = jax.random.split(key)
         pool = jax.random.normal(sub, (depth, chains_n, p))
         ref = jnp.zeros((depth, chains_n))
@@ -557,7 +562,7 @@ def _full_kernels_mc(fns, act, phis, c_full, p, final, seed):
     k = c_full
     out = []
     for l in range(depth):
-        r, rinv = _np_sqrt_pinv(k[:p, :p] if l == 0 else phis[l - 1])
+        r, rinv = _np_sqrt_pinv(k[:p, :p]) if l == 0 else _layer_sqrt_pinv(phis[l - 1])
         h_tr = np.asarray(pool[l]) @ r
         if n > p:
             b = k[p:, :p] @ rinv  # h_test = B u + L z with B B^T = K_qp K_pp^+ K_pq
@@ -922,7 +927,7 @@ def preactivation_samples(result: ANBKResult, layer: int, points, *, split: str 
     else:
         u = np.asarray(final["pool"][layer - 1])
         w = np.asarray(final["w"][layer - 1])
-        r, rinv = _np_sqrt_pinv(prior_k[:p, :p])
+        r, rinv = _np_sqrt_pinv(prior_k[:p, :p]) if layer == 1 else _layer_sqrt_pinv(prior_k[:p, :p])
         if split == "train":
             tilted = u @ r[:, idx]
         else:

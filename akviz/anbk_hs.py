@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .anbk_mcmc import EIG_CUTOFF as _EIG_CUTOFF
+from .anbk_mcmc import KERNEL_EIG_CUTOFF as _KERNEL_EIG_CUTOFF
 from .anbk_mcmc import relative_difference as _rel
 from .anbk_mcmc import sym_sqrt_pinv as _sym_sqrt_pinv
 from .regression import alignment as _alignment
@@ -176,7 +177,7 @@ def hs_functions(phi):
     return {"modes": jax.jit(modes, static_argnums=(3,)), "scan": jax.jit(scan),
             "hs_layer": jax.jit(hs_layer), "hs_groups": jax.jit(hs_groups, static_argnums=(7,)),
             "prior_layer": jax.jit(prior_layer, static_argnums=(3,)),
-            "sym_sqrt": jax.jit(_sym_sqrt_pinv)}
+            "sym_sqrt": jax.jit(functools.partial(_sym_sqrt_pinv, cutoff=_KERNEL_EIG_CUTOFF))}  # layer kernels
 
 
 def _pairs(k):
@@ -549,7 +550,8 @@ def full_kernels(act, phis, c_full, p, final, seed):
     k = np.asarray(c_full)
     out = []
     for l in range(len(phis)):
-        r, rinv = (np.asarray(q) for q in _sym_sqrt_pinv(jnp.asarray(k[:p, :p] if l == 0 else phis[l - 1])))
+        prior = (k[:p, :p], _EIG_CUTOFF) if l == 0 else (phis[l - 1], _KERNEL_EIG_CUTOFF)
+        r, rinv = (np.asarray(q) for q in _sym_sqrt_pinv(jnp.asarray(prior[0]), prior[1]))
         new = np.empty((n, n))
         new[:p, :p] = phis[l]
         if n > p:

@@ -316,6 +316,23 @@ def test_mala_stepping_stones_agree_with_importance_sampling_and_refuse_a_tilt_t
     assert math.isnan(bad) and math.isnan(bad_err)
 
 
+def test_mala_matches_the_exact_linear_saddle_on_rank_deficient_inputs():
+    """P = 30 inputs of rank 8: Phi^1 is singular, and its Monte Carlo estimate carries rounding noise (+-3e-9
+    relative) in the null directions. The tilt M_1 must not invert that noise (with the input kernel's cutoff it
+    did: entries ~1e6, NaN kernels or a residual of 0.13); the kernels and M_1 match the exact saddle's."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 8))
+    y = np.sign(x[:, 0] + 0.5 * x[:, 1])
+    data = (x[:30], y[:30], x[30:], y[30:])
+    exact = anbk(data, gamma0=0.5, beta=1.0, depth=2, activation="linear")
+    mc = anbk(data, gamma0=0.5, beta=1.0, depth=2, activation="linear", method="mala", samples=2048, seed=0)
+    assert exact.converged and mc.converged, mc.message
+    for l in range(2):
+        err = np.linalg.norm(mc.kernels[l] - exact.kernels[l]) / np.linalg.norm(exact.kernels[l])
+        assert err < 4 * math.sqrt(2) * mc.mc_error[l], (l, err, mc.mc_error)
+    assert np.abs(mc.duals[0]).max() < 2 * np.abs(exact.duals[0]).max()
+
+
 def test_mala_runaway_reports_cause_and_no_kernel(monkeypatch):
     from akviz import anbk_mcmc
 
