@@ -16,8 +16,9 @@ inverse of a possibly singular ``C``.
 Solvers (``method``):
 
 * ``"exact"`` (default for ``activation="linear"``): all integrals are
-  Gaussian, ``Phi^l = K + K M (I - K M)^-1 K`` with ``K = Phi^{l-1}``; the
-  fixed point is found by Anderson-accelerated iteration to machine precision.
+  Gaussian, ``Phi^l = K + K M (I - K M)^-1 K`` with ``K = Phi^{l-1}``, and every
+  tilt is rank one, so the saddle on any input kernel is one scalar root
+  (``_linear_scalar``) and closed forms; a root exists for every ``gamma0``.
 * ``"ais"`` (default at depth 1 for non-linear activations): adaptive importance
   sampling from a Gaussian mixture along the Hubbard-Stratonovich field of the
   rank-one tilt, refitted to the target after every solve, and Newton on the
@@ -249,32 +250,22 @@ def _is_psd(phis, floor=-1e-10):
 # ---------------------------------------------------------------- exact (linear) solver
 
 
-def _linear_sweep(phis, c, y, g2, inv_beta):
-    """One backward/forward pass of the exact linear stationarity map.
+def _linear_residuals(phis, ms, a, c, y, inv_beta):
+    """The linear saddle's stationarity residuals (THEORY.md 3.1, 3.3), in products only: no inverse of a
+    kernel, whose spike along the task direction makes it ill-conditioned at large ``gamma0`` and ``beta``.
 
-    Returns new kernels, the tilts ``M_l``, and the normalisability margin
-    ``min_l (1 - lambda_max(R^T M R))`` (must stay > 0).
-    """
-    depth = len(phis)
-    p = c.shape[0]
+    Kernels: ``Phi^l = ((Phi^{l-1})^-1 - M_l)^-1``, i.e. ``Phi^l - Phi^l M_l Phi^{l-1} - Phi^{l-1} = 0``.
+    Duals: ``Phi^l M_l Phi^l = <h h^T>_{l+1} - Phi^l = Phi^{l+1} - Phi^l`` (``l < L``), and at the top
+    ``(Phi^L + I/beta) a = y`` with ``M_L = gamma0^2 a a^T``. Each relative to its largest term (``M_l`` grows
+    like ``gamma0^2 x^(L-l)``: the products' rounding, not the kernels' error, sets the floor)."""
+    def rel(*terms):  # |sum of the terms| / max |term|: the rounding of a product is relative to its own size
+        return float(np.linalg.norm(sum(terms)) / max(np.linalg.norm(t) for t in terms))
+
     priors = [c] + list(phis[:-1])
-    a = np.linalg.solve(phis[-1] + inv_beta * np.eye(p), y)
-    m = g2 * np.outer(a, a)
-    new, ms, margin = [None] * depth, [None] * depth, np.inf
-    for l in reversed(range(depth)):
-        k = priors[l]
-        r, rinv = _np_sqrt_pinv(k)
-        a_mat = np.eye(p) - r @ m @ r  # precision of u under the tilted density
-        margin = min(margin, float(np.linalg.eigvalsh(a_mat)[0]))
-        if not margin > 1e-12:  # not normalisable: nothing further is defined
-            return None, None, margin
-        su = np.linalg.solve(a_mat, np.eye(p))  # <u u^T>
-        su = 0.5 * (su + su.T)
-        new[l] = r @ su @ r
-        ms[l] = m
-        if l > 0:
-            m = rinv @ (su - np.eye(p)) @ rinv
-    return new, ms, margin
+    res_phi = [rel(f, -f @ m @ k, -k) for f, k, m in zip(phis, priors, ms)]
+    res_dual = [rel(phis[l] @ ms[l] @ phis[l], phis[l] - phis[l + 1]) for l in range(len(phis) - 1)]
+    res_dual.append(rel((phis[-1] + inv_beta * np.eye(len(y))) @ a, -y))
+    return res_phi, res_dual
 
 
 def _linear_full(c_full, ms, p):
@@ -291,87 +282,102 @@ def _linear_full(c_full, ms, p):
     return out
 
 
-def _solve_exact(c_full, y, p, g2, inv_beta, depth, init, tol, max_iter, callback, start):
-    """Exact linear saddle: Anderson iteration; adaptive gamma0 continuation when the direct solve fails.
+def _linear_scalar(c, y, g2, inv_beta, depth):
+    """The linear saddle's scalar equation on any input kernel ``C``.
 
-    The lazy start can lie outside the set of normalisable states at large
-    gamma0 (e.g. ``gamma0^2 a^T C a > 1``) although the saddle is inside it, so
-    we walk ``gamma0`` up from a solved value, halving the step on failure.
-    """
+    Every tilt is rank one (``M_L = g^2 a a^T``; Sherman-Morrison keeps each ``M_l`` below it rank one along
+    ``P a``, ``P`` the projector onto ``C``'s range), and the whole saddle reduces to one number ``x >= 1``:
+
+        Phi^l = C + (x^l - 1) z z^T / q,   z = C a,   q = a^T C a,   a = (x^L C + I/beta)^-1 y,
+        M_l = g^2 x^(L-l) (P a)(P a)^T  (l < L),   ln Z_l = ln(x) / 2,
+
+    with ``x`` a root of ``f(x) = x - 1 - g^2 x^L q(x)``. With ``C = I``, ``|y| = 1`` this is THEORY.md 3.3's
+    closed form (``c_l = x^l``). ``f(1) = -g^2 q(1) <= 0`` and, as ``(x^L lambda + 1/beta)^2 >= 4 x^L lambda /
+    beta``, ``f(1 + u) >= 0`` at ``u = g^2 beta |P y|^2 / 4``: a root always lies in between (every ``x >= 1`` is
+    normalisable, ``1 - lambda_max(R M_l R) = 1 / x``). Returns ``f``, ``x -> (a, P a, z)`` and ``u``."""
+    lam, vec = np.linalg.eigh(0.5 * (c + c.T))
+    keep = lam > _mcmc.EIG_CUTOFF * max(lam[-1], 1e-300)
+    y_hat = vec.T @ y
+
+    def a_of(x):
+        """``a``, ``P a`` and ``z = C a`` at ``x``, each summed in the eigenbasis (``a``'s null-space part, ``beta`` times
+        ``y``'s, would swamp ``P a`` if it were projected out afterwards)."""
+        coef = y_hat / (x**depth * np.where(keep, lam, 0.0) + inv_beta)
+        kept = np.where(keep, coef, 0.0)
+        return vec @ coef, vec @ kept, vec @ (np.where(keep, lam, 0.0) * kept)
+
+    def f(x):
+        den = x**depth * lam[keep] + inv_beta
+        return x - 1.0 - g2 * x**depth * float(np.sum(lam[keep] * y_hat[keep] ** 2 / den**2))
+
+    u_max = g2 * float(np.sum(y_hat[keep] ** 2)) / (4.0 * inv_beta)
+    return f, a_of, u_max
+
+
+#: Points of the scan that brackets the smallest root of ``_linear_scalar``'s ``f`` (and counts the others).
+LINEAR_SCAN = 2000
+
+
+def _solve_exact(c_full, y, p, g2, inv_beta, depth, tol, callback, start):
+    """Exact linear saddle: the smallest root of ``_linear_scalar``'s ``f`` (the branch that meets the lazy
+    kernels as ``gamma0 -> 0``), bracketed on a log-spaced scan of ``(1, 1 + u]`` and polished by Brent's
+    method. The kernels then follow in closed form; the full ``P x P`` stationarity equations at them
+    (``_linear_residuals``) give the residuals, an independent check. ``tol``: on those residuals."""
+    from scipy.optimize import brentq
+
     c = c_full[:p, :p]
-    phis = [np.array(k) for k in (init if init is not None else _linear_lazy(c, depth))]
-    history = []
-    sol = _solve_exact_fixed(c, y, p, g2, inv_beta, depth, phis, tol, max_iter, callback, start, history)
-    if sol["converged"] or sol["message"].startswith("stopped"):
-        return sol
-    phis, g_done, step, g = _linear_lazy(c, depth), 0.0, 0.25 * math.sqrt(g2), math.sqrt(g2)
-    for _ in range(60):
-        g_try = min(g, g_done + step)
-        trial = _solve_exact_fixed(c, y, p, g_try**2, inv_beta, depth, phis, tol, max_iter, None, start, [])
-        if trial["converged"]:
-            phis, g_done, step = trial["phis"], g_try, step * 1.5
-            if g_done >= g:
-                trial["history"] = history + trial["history"]
-                trial["message"] += " (reached by gamma0 continuation)"
-                return trial
-        else:
-            step *= 0.5
-            if step < 1e-3 * g:
-                break
-    sol["message"] += f" gamma0 continuation stalled at gamma0 = {g_done:.3g}."
-    return sol
+    f, a_of, u_max = _linear_scalar(c, y, g2, inv_beta, depth)
+    history, stopped = [], False
 
+    class _Stop(Exception):
+        pass
 
-def _solve_exact_fixed(c, y, p, g2, inv_beta, depth, phis, tol, max_iter, callback, start, history):
-    acc = _Anderson(m=6, mix=1.0)
-    converged, message = False, ""
-    resid, it = np.inf, 0
-    for it in range(1, max_iter + 1):
-        new, ms, margin = _linear_sweep(phis, c, y, g2, inv_beta)
-        if new is None:
-            message = ("the tilted density does not normalise (the tilt exp(+phi^T M phi / 2) "
-                       "outgrows the Gaussian prior); use a smaller gamma0 or a larger beta.")
-            break
-        resid = max(_rel(n, o) for n, o in zip(new, phis))
-        history.append({"iteration": it, "residual": resid, "margin": margin,
+    def traced(x):
+        value = f(x)
+        history.append({"iteration": len(history) + 1, "residual": abs(value) / x, "margin": 1.0 / x, "x": x,
                         "seconds": time.perf_counter() - start})
-        if callback is not None and callback(it, history[-1]) is False:
-            message = "stopped by the callback."
-            break
-        if resid < tol:
-            phis, converged = new, True
-            break
-        x = np.concatenate([q.ravel() for q in phis])
-        gx = np.concatenate([q.ravel() for q in new])
-        xn = acc.step(x, gx).reshape(depth, p, p)
-        cand = [0.5 * (q + q.T) for q in xn]
-        if _is_psd(cand) and _linear_sweep(cand, c, y, g2, inv_beta)[0] is not None:
-            phis = cand
-        else:  # Anderson left the PSD cone or the normalisable set: damped plain step, forget the history
-            acc.reset()
-            t = 1.0
-            cand = new
-            while _linear_sweep(cand, c, y, g2, inv_beta)[0] is None and t > 1e-3:
-                t *= 0.5
-                cand = [o + t * (n - o) for o, n in zip(phis, new)]
-            phis = cand
-    out, ms, margin = _linear_sweep(phis, c, y, g2, inv_beta)
-    if converged:
-        message = f"converged (exact Gaussian integrals) in {it} iterations."
-    elif not message:
-        message = (f"no convergence in {max_iter} iterations (residual {resid:.2e}); "
-                   "try a smaller gamma0, a larger beta or a warm start.")
-    if out is None:
-        converged = False
-        ms = [np.full((p, p), np.nan)] * depth
-    res_phi = [_rel(n, o) for n, o in zip(out, phis)] if out is not None else [float("inf")] * depth
-    return {"phis": phis, "ms": ms, "converged": converged, "message": message, "iterations": it,
-            "res_phi": res_phi, "res_dual": [0.0] * depth, "mc_error": [0.0] * depth,
-            "ess": [1.0] * depth, "history": history, "margin": margin}
+        if callback is not None and callback(len(history), history[-1]) is False:
+            raise _Stop
+        return value
 
-
-def _linear_lazy(c, depth):
-    return [np.array(c) for _ in range(depth)]  # identity activation: Phi^l = C
+    roots, x = 0, 1.0
+    if u_max > 0:
+        # the root lies in (1, 1 + u_max]; 1 + 1e-16 u_max is still below it (f(1 + u) ~ u - g^2 q(1) there)
+        u = np.geomspace(1e-16 * u_max, u_max * (1 + 1e-9), LINEAR_SCAN)
+        values = np.array([f(1.0 + v) for v in u])
+        crossings = np.flatnonzero(np.diff(np.sign(values)) != 0)
+        roots = len(crossings) + (1 if values[0] >= 0 else 0)
+        if values[0] >= 0:  # below the scan's resolution: gamma0 ~ 0
+            lo, hi = 1.0, 1.0 + u[0]
+        else:
+            lo, hi = 1.0 + u[crossings[0]], 1.0 + u[crossings[0] + 1]
+        try:
+            x = brentq(traced, lo, hi, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=200)
+        except _Stop:
+            stopped, x = True, history[-1]["x"]
+    a, pa, z = a_of(x)
+    q = float(pa @ z)
+    phis = [c + ((x**l - 1.0) / q if q > 0 else 0.0) * np.outer(z, z) for l in range(1, depth + 1)]
+    ms = [g2 * x ** (depth - l) * np.outer(pa, pa) for l in range(1, depth)] + [g2 * np.outer(a, a)]
+    res_phi, res_dual = _linear_residuals(phis, ms, a, c, y, inv_beta)
+    residual = max(res_phi + res_dual)
+    converged = not stopped and residual < tol
+    if stopped:
+        message = "stopped by the callback."
+    elif converged:
+        message = (f"converged (exact Gaussian integrals: a scalar root, x = {x:.12g}, in {len(history)} Brent "
+                   f"steps; stationarity residual {residual:.1e}).")
+    else:
+        cond = np.linalg.cond(phis[-1] + inv_beta * np.eye(p))
+        message = (f"not converged: the closed form's stationarity residual {residual:.1e} is above {tol:.0e}, "
+                   f"float64 rounding at this conditioning (cond(Phi^L + I/beta) = {cond:.1e}); a smaller "
+                   "gamma0 or beta lowers it.")
+        if roots > 1:
+            message += (f" The saddle equation has {roots} roots here; this is the smallest, the one that meets "
+                        "the lazy kernels as gamma0 -> 0.")
+    return {"phis": phis, "ms": ms, "converged": converged, "message": message, "iterations": len(history),
+            "res_phi": res_phi, "res_dual": res_dual, "mc_error": [0.0] * depth, "ess": [1.0] * depth,
+            "history": history, "margin": 1.0 / x, "log_z": [0.5 * math.log(x)] * depth}
 
 
 # ---------------------------------------------------------------- Monte Carlo kernels (jitted)
@@ -626,7 +632,8 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
         uses its own default unless ``samples`` was given.
       seed: Monte Carlo seed.
       tol: saddle residual ``||Phi - <phi phi^T>|| / ||Phi||`` (fresh samples) to reach.
-        Exact solver: ``min(tol, 1e-12)`` is used.
+        Exact solver: ``min(tol, 1e-8)`` on its stationarity residuals (closed form; they measure float64
+        rounding, 1e-15 to 1e-10 on digits 3-vs-8 up to ``gamma0 = 10``, ``beta = 10``, depth 6).
       max_iter: outer iterations (default 30; ``"ais"``: draws, default 8, the first solves and each
         later one checks the state and solves again; with ``"auto"`` at least 2; ``"mala"``: evaluate
         phases, default 3, each after a longer averaging phase that continues the Polyak average of
@@ -701,8 +708,7 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
         if init.kernels.shape == (depth, p, p) and init.activation == act.name:
             init_phis, init_state = np.array(init.kernels), init._state
     if method == "exact":
-        sol = _solve_exact(c_full, y_train, p, g2, inv_beta, depth, init_phis, min(tol, 1e-12),
-                           max(max_iter, 200), callback, start)
+        sol = _solve_exact(c_full, y_train, p, g2, inv_beta, depth, min(tol, 1e-8), callback, start)
         phis, ms = sol["phis"], sol["ms"]
         full = _linear_full(c_full, ms, p) if sol["margin"] > 0 else None
         if full is None:
