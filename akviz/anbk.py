@@ -372,9 +372,9 @@ def _solve_exact(c_full, y, p, g2, inv_beta, depth, tol, callback, start):
         message = (f"not converged: the closed form's stationarity residual {residual:.1e} is above {tol:.0e}, "
                    f"float64 rounding at this conditioning (cond(Phi^L + I/beta) = {cond:.1e}); a smaller "
                    "gamma0 or beta lowers it.")
-        if roots > 1:
-            message += (f" The saddle equation has {roots} roots here; this is the smallest, the one that meets "
-                        "the lazy kernels as gamma0 -> 0.")
+    if roots > 1 and not stopped:
+        message += (f" The saddle equation has {roots} roots here; this is the smallest, the one that meets "
+                    "the lazy kernels as gamma0 -> 0.")
     return {"phis": phis, "ms": ms, "converged": converged, "message": message, "iterations": len(history),
             "res_phi": res_phi, "res_dual": res_dual, "mc_error": [0.0] * depth, "ess": [1.0] * depth,
             "history": history, "margin": 1.0 / x, "log_z": [0.5 * math.log(x)] * depth}

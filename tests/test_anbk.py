@@ -161,6 +161,30 @@ def test_exact_linear_satisfies_the_saddle_equations_on_raw_inputs(gamma0, beta,
     np.testing.assert_allclose(ms[-1], gamma0**2 * np.outer(a, a), rtol=0, atol=1e-10 * gamma0**2 * a @ a)
 
 
+def test_exact_linear_takes_the_smallest_of_several_roots_and_says_so():
+    """C = diag(1, 1e-4), y = (0.05, 1), depth 2, beta = 100: the scalar equation has three roots at gamma0 = 0.511
+    (one at 0.45). The solver keeps the smallest, which meets the lazy kernels as gamma0 -> 0 and moves
+    continuously with gamma0, and says that there are others."""
+    x = math.sqrt(2.0) * np.diag([1.0, 1e-2])
+    data = (x, np.array([0.05, 1.0]), x, np.array([0.05, 1.0]))
+    one = anbk(data, gamma0=0.45, beta=100.0, depth=2, activation="linear")
+    three = anbk(data, gamma0=0.511, beta=100.0, depth=2, activation="linear")
+    near = anbk(data, gamma0=0.5105, beta=100.0, depth=2, activation="linear")
+    assert one.converged and three.converged, three.message
+    assert "roots" not in one.message and "3 roots" in three.message
+    assert np.linalg.norm(three.kernels - near.kernels) < 1e-2 * np.linalg.norm(three.kernels)
+    # the roots of x - 1 = gamma0^2 x^2 a^T C a, a = (x^2 C + I/beta)^-1 y, on a fine grid
+    c, y, g2 = x @ x.T / 2, data[1], 0.511**2
+
+    def f(xx):
+        a = np.linalg.solve(xx**2 * c + np.eye(2) / 100.0, y)
+        return xx - 1 - g2 * xx**2 * a @ c @ a
+    grid = np.linspace(1.0, 10.0, 90001)
+    values = np.array([f(v) for v in grid])
+    roots = grid[np.flatnonzero(np.diff(np.sign(values)))]
+    assert len(roots) == 3 and abs(three.history[-1]["x"] - roots[0]) < 1e-4, (roots, three.history[-1]["x"])
+
+
 def test_preactivation_samples_linear_match_gaussians():
     data = whitened_problem()
     res = anbk(data, gamma0=1.0, beta=10.0, activation="linear")
