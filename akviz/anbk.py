@@ -259,7 +259,8 @@ def _linear_residuals(phis, ms, a, c, y, inv_beta):
     ``(Phi^L + I/beta) a = y`` with ``M_L = gamma0^2 a a^T``. Each relative to its largest term (``M_l`` grows
     like ``gamma0^2 x^(L-l)``: the products' rounding, not the kernels' error, sets the floor)."""
     def rel(*terms):  # |sum of the terms| / max |term|: the rounding of a product is relative to its own size
-        return float(np.linalg.norm(sum(terms)) / max(np.linalg.norm(t) for t in terms))
+        scale = max(np.linalg.norm(t) for t in terms)
+        return float(np.linalg.norm(sum(terms)) / scale) if scale > 0 else 0.0  # all zero (gamma0 = 0): exact
 
     priors = [c] + list(phis[:-1])
     res_phi = [rel(f, -f @ m @ k, -k) for f, k, m in zip(phis, priors, ms)]

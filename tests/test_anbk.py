@@ -40,6 +40,15 @@ def test_linear_exact_matches_closed_form(depth, gamma0, beta):
     np.testing.assert_allclose(res.train_predictions, c / (c + 1 / beta) * y, atol=1e-8)
 
 
+def test_linear_exact_at_gamma0_zero_is_the_lazy_network():
+    ds = akviz.load_dataset("digits:3v8", 40, 30, seed=1)
+    res = anbk(ds, gamma0=0.0, beta=2.0, depth=2, activation="linear")
+    lazy = akviz.lazy_predictor(ds, depth=2, activation="linear", ridge=0.5)
+    assert res.converged and res.residual["max"] == 0.0 and max(res.residual["dual"]) < 1e-12, res.message
+    np.testing.assert_allclose(res.kernels_full, lazy.kernels_full, rtol=1e-12, atol=1e-12)
+    assert res.action == 0.0 and not np.isnan(res.duals).any()
+
+
 def test_linear_exact_tiny_gamma_is_nngp_ridge():
     ds = akviz.load_dataset("digits:3v8", 40, 30, seed=1)
     res = anbk(ds, gamma0=1e-4, beta=2.0, depth=2, activation="linear")
