@@ -213,11 +213,6 @@ def _np_sqrt_pinv(k, cutoff=_mcmc.EIG_CUTOFF):
     return np.asarray(r), np.asarray(ri)
 
 
-def _layer_sqrt_pinv(k):
-    """``_np_sqrt_pinv`` of a layer kernel ``Phi^l`` (Monte Carlo: its null directions carry rounding noise)."""
-    return _np_sqrt_pinv(k, _mcmc.KERNEL_EIG_CUTOFF)
-
-
 class _Anderson:
     """Anderson acceleration (type II, depth ``m``) of ``x = G(x)`` with damping ``mix``."""
 
@@ -378,7 +373,8 @@ def _solve_exact(c_full, y, p, g2, inv_beta, depth, tol, callback, start):
                     "the lazy kernels as gamma0 -> 0.")
     return {"phis": phis, "ms": ms, "converged": converged, "message": message, "iterations": len(history),
             "res_phi": res_phi, "res_dual": res_dual, "mc_error": [0.0] * depth, "ess": [1.0] * depth,
-            "history": history, "margin": 1.0 / x, "log_z": [0.5 * math.log(x)] * depth}
+            "history": history, "margin": 1.0 / x, "log_z": [0.5 * math.log(x)] * depth,
+            "log_z_error": [0.0] * depth}
 
 
 # ---------------------------------------------------------------- Monte Carlo kernels (jitted)
@@ -466,7 +462,7 @@ def _solve_mc(fns, c, y, g2, inv_beta, depth, samples, method, seed, init_phis, 
     it = 0
     for it in range(1, max_iter + 1):
         # --- fresh samples at the current state
-        rs = np.stack([r0] + [_layer_sqrt_pinv(q)[0] for q in phis[:-1]])
+        rs = np.stack([r0] + [_np_sqrt_pinv(q, _mcmc.KERNEL_EIG_CUTOFF)[0] for q in phis[:-1]])
         key, sub = jax.random.split(key)
         pool = jax.random.normal(sub, (depth, chains_n, p))
         ref = jnp.zeros((depth, chains_n))
@@ -569,7 +565,7 @@ def _full_kernels_mc(fns, act, phis, c_full, p, final, seed):
     k = c_full
     out = []
     for l in range(depth):
-        r, rinv = _np_sqrt_pinv(k[:p, :p]) if l == 0 else _layer_sqrt_pinv(phis[l - 1])
+        r, rinv = _np_sqrt_pinv(k[:p, :p] if l == 0 else phis[l - 1], _mcmc.prior_cutoff(l))
         h_tr = np.asarray(pool[l]) @ r
         if n > p:
             b = k[p:, :p] @ rinv  # h_test = B u + L z with B B^T = K_qp K_pp^+ K_pq
@@ -774,8 +770,7 @@ def anbk(dataset, *, gamma0: float, beta: float, depth: int = 1, activation="rel
     res = {"phi": [float(r) for r in sol["res_phi"]], "dual": [float(r) for r in sol["res_dual"]],
            "mc_error": [float(r) for r in sol["mc_error"]]}
     res["max"] = float(max(res["phi"]))
-    action, action_err = _action(phis, duals, y_train, g2, inv_beta, c, method, sol.get("log_z"),
-                                 sol.get("log_z_error"))
+    action, action_err = _action(phis, duals, y_train, g2, inv_beta, sol.get("log_z"), sol.get("log_z_error"))
     return ANBKResult(
         kernels=phis, kernels_full=full, duals=duals,
         train_predictions=train_pred, test_predictions=test_pred,
@@ -869,17 +864,11 @@ def _run_hs(act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples, s
     return sol, phis, ms, final, state, full
 
 
-def _action(phis, duals, y, g2, inv_beta, c, method, log_zs=None, log_z_errors=None):
-    """The action ``S`` at the state (``akviz.anbk_action``) and its Monte Carlo error: ``ln Z_l`` exact for the
-    linear network (``-1/2 ln det(I + Phi^{l-1} hatPhi^l)``), else the solver's estimate ``log_zs`` with its
-    errors (importance sampling: ``"ais"``, ``"is"``; stepping stones: ``"mala"``); NaN where the solver has
-    none (``"hs"``) or its ``ln Z`` is NaN (a tilted density that does not normalise)."""
-    if method == "exact":
-        priors = [c] + list(phis[:-1])
-        log_zs, log_z_errors = [], [0.0]
-        for k, d in zip(priors, duals):
-            r = _np_sqrt_pinv(k)[0]
-            log_zs.append(-0.5 * float(np.linalg.slogdet(np.eye(len(y)) + r @ d @ r)[1]))
+def _action(phis, duals, y, g2, inv_beta, log_zs=None, log_z_errors=None):
+    """The action ``S`` at the state (``akviz.anbk_action``) and its Monte Carlo error from the solver's ``ln Z_l``
+    and their errors: exact for the linear network (``ln(x) / 2``, ``_linear_scalar``), else estimates (importance
+    sampling: ``"ais"``, ``"is"``; stepping stones: ``"mala"``); NaN where the solver has none (``"hs"``) or its
+    ``ln Z`` is NaN (a tilted density that does not normalise)."""
     if log_zs is None:
         return float("nan"), float("nan")
     return saddle_action(phis, duals, y, g2, inv_beta, log_zs), action_error(log_z_errors)
@@ -934,7 +923,7 @@ def preactivation_samples(result: ANBKResult, layer: int, points, *, split: str 
     else:
         u = np.asarray(final["pool"][layer - 1])
         w = np.asarray(final["w"][layer - 1])
-        r, rinv = _np_sqrt_pinv(prior_k[:p, :p]) if layer == 1 else _layer_sqrt_pinv(prior_k[:p, :p])
+        r, rinv = _np_sqrt_pinv(prior_k[:p, :p], _mcmc.prior_cutoff(layer - 1))
         if split == "train":
             tilted = u @ r[:, idx]
         else:

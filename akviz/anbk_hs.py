@@ -62,6 +62,7 @@ import numpy as np
 
 from .anbk_mcmc import EIG_CUTOFF as _EIG_CUTOFF
 from .anbk_mcmc import KERNEL_EIG_CUTOFF as _KERNEL_EIG_CUTOFF
+from .anbk_mcmc import prior_cutoff as _prior_cutoff
 from .anbk_mcmc import relative_difference as _rel
 from .anbk_mcmc import sym_sqrt_pinv as _sym_sqrt_pinv
 from .regression import alignment as _alignment
@@ -550,8 +551,8 @@ def full_kernels(act, phis, c_full, p, final, seed):
     k = np.asarray(c_full)
     out = []
     for l in range(len(phis)):
-        prior = (k[:p, :p], _EIG_CUTOFF) if l == 0 else (phis[l - 1], _KERNEL_EIG_CUTOFF)
-        r, rinv = (np.asarray(q) for q in _sym_sqrt_pinv(jnp.asarray(prior[0]), prior[1]))
+        prior = k[:p, :p] if l == 0 else phis[l - 1]
+        r, rinv = (np.asarray(q) for q in _sym_sqrt_pinv(jnp.asarray(prior), _prior_cutoff(l)))
         new = np.empty((n, n))
         new[:p, :p] = phis[l]
         if n > p:

@@ -135,6 +135,12 @@ STONE_CHAINS = 2048
 STONE_ESS = 0.05
 
 
+def prior_cutoff(l):
+    """The eigenvalue cutoff for the prior of layer ``l + 1`` (``l`` from 0): ``C``'s at ``l = 0``, a Monte Carlo
+    layer kernel's above."""
+    return EIG_CUTOFF if l == 0 else KERNEL_EIG_CUTOFF
+
+
 def sym_sqrt_pinv(k, cutoff=EIG_CUTOFF):
     """Symmetric ``K^{1/2}`` and its pseudo-inverse (eigenvalues below ``cutoff`` times the largest dropped): the
     default for the exact input kernel, ``KERNEL_EIG_CUTOFF`` for a Monte Carlo layer kernel."""
@@ -421,7 +427,7 @@ def log_normalisers(act, c, phis, ms, u, eps, y, g, beta, seed, n_inner=4):
     log_z, errors = [], []
     for l in range(depth):
         last = l == depth - 1
-        r = np.asarray(sym_sqrt_pinv(jnp.asarray(priors[l]), EIG_CUTOFF if l == 0 else KERNEL_EIG_CUTOFF)[0])
+        r = np.asarray(sym_sqrt_pinv(jnp.asarray(priors[l]), prior_cutoff(l))[0])
         m = g * a if last else np.asarray(ms[l])
         fn = _stones_fn(act.fn, act.deriv, n_inner, act.name in HOMOGENEOUS, last)
         lse, lse_sq, u2max = fn(jnp.asarray(u[l][:chains], CHAIN_DTYPE), jnp.asarray(eps[l], CHAIN_DTYPE),

@@ -148,6 +148,7 @@ def test_exact_linear_satisfies_the_saddle_equations_on_raw_inputs(gamma0, beta,
     network, computed here by pseudo-inverses: Phi^l = K + K M_l (I - K M_l)^-1 K with K = Phi^{l-1},
     hatPhi^l = -(Phi^l)^+ (Phi^{l+1} - Phi^l) (Phi^l)^+, hatPhi^L = -gamma0^2 a a^T. (The previous fixed-point
     solver gave up on the first two as "does not normalise"; the saddle exists for every gamma0 there.)"""
+    from akviz.anbk_action import saddle_action
     from akviz.kernels import input_kernel
 
     ds = akviz.load_dataset("digits:3v8")
@@ -168,6 +169,10 @@ def test_exact_linear_satisfies_the_saddle_equations_on_raw_inputs(gamma0, beta,
         assert np.linalg.norm(ms[l] - want) < 1e-6 * np.linalg.norm(want), l
     a = np.linalg.solve(phis[-1] + np.eye(p) / beta, ds.y_train)
     np.testing.assert_allclose(ms[-1], gamma0**2 * np.outer(a, a), rtol=0, atol=1e-10 * gamma0**2 * a @ a)
+    # the action with ln Z_l = -1/2 ln det(I - K M_l) (THEORY.md 3.3)
+    log_z = [-0.5 * np.linalg.slogdet(np.eye(p) - k @ m)[1] for k, m in zip(priors, ms)]
+    want = saddle_action(list(phis), list(res.duals), ds.y_train, gamma0**2, 1.0 / beta, log_z)
+    assert abs(res.action - want) < 1e-9 * abs(want), (res.action, want)
 
 
 def test_exact_linear_takes_the_smallest_of_several_roots_and_says_so():
