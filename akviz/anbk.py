@@ -89,7 +89,7 @@ from .regression import kernel_ridge, score
 ESS_FLOOR = 0.05
 #: Default ``samples`` and ``max_iter`` per solver (others: 2048 and 30).
 #: MALA: 8192 chains, where 2048 left the residual at 0.014-0.018 (Monte Carlo error 0.005-0.009) on digits 3-vs-8 at
-#: depth 2, gamma0 = 0.25 and 0.5 (beta = 1), and 8192 converged (0.008, 0.007) in 1.5x the time (README).
+#: depth 2, gamma0 = 0.25 and 0.5 (beta = 1), and 8192 converged (0.008, 0.007) in 1.5x the time (docs/anbk.md).
 _DEFAULT_SAMPLES = {"ais": _ais.DEFAULT_SAMPLES, "hs": 10240, "is": 4096, "mala": 8192}
 _DEFAULT_MAX_ITER = {"ais": 8, "mala": 3}
 #: Chain groups for batch-means standard errors (chains are independent across groups).

@@ -68,7 +68,7 @@ from .anbk_mcmc import sym_sqrt_pinv as _sym_sqrt_pinv
 from .regression import alignment as _alignment
 
 #: Minimum barrier (nats) between the basin of log w(xi) and the escape region.
-BARRIER_MIN = float(__import__('os').environ.get('AKVIZ_BARRIER_MIN', 3.0))
+BARRIER_MIN = 3.0
 #: Sample groups for batch-means standard errors.
 GROUPS = 8
 #: Scan grid for the xi marginal.

@@ -47,8 +47,8 @@ direction, which grows ``Phi`` there and shrinks ``a`` until the tilt
 normalises. Chains and kernels moving together follow that feedback; a
 map that evaluates the tilt at a fixed ``a`` (as importance sampling does)
 sees a non-normalisable density on the way and fails. Checked against
-Langevin-sampled networks (digits 3-vs-8, P = 100, relu, depth 1): see the
-README for the figures.
+Langevin-sampled networks (digits 3-vs-8, P = 100, relu, depth 1): see
+docs/anbk.md for the figures.
 
 The limit of this solver is that edge itself. At ``gamma0 >= 1`` on digits
 the marginal of the Hubbard-Stratonovich field has an exponential tail

@@ -16,7 +16,7 @@ a maximum of functions linear in ``a``, so an intersection of half-spaces ``g si
 ridges of the tilt, carried by draws that run off to infinity along ``u_i``. (At finite width: a few
 neurons of norm ``~ sqrt(N)``.) The sample averages cannot see it, which is why the solvers of
 ``akviz.anbk`` stall from ``gamma0 ~ 0.6`` (``beta = 1``) with ``kappa`` at 1 and a map that is steep
-along the task direction (README, ``benchmarks/anbk_edge.py``).
+along the task direction (docs/anbk.md, ``benchmarks/anbk_edge.py``).
 
 **What this script does.** The ``xi`` integral of the Hubbard-Stratonovich form is cut at
 ``|xi| <= X``: the weight's ``g^2 s^2 / 2`` becomes ``l(g s) = log int_{|xi| <= X} N(xi) e^{xi g s} d xi``
