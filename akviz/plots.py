@@ -6,6 +6,13 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+#: Categorical colours for every figure: Okabe & Ito's colour-blind-safe set, ordered so that neighbours differ
+#: in hue and lightness on a white page. (Streamlit's own chart palette pairs a dark and a light blue, which a
+#: projector merges: the tilted and prior clouds of the densities page read as one.)
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+#: Reference curves (a prior Gaussian, the diagonal y = x).
+REFERENCE = "#555555"
+
 
 def class_order(labels) -> np.ndarray:
     """Indices that sort points by class label (stable), so heatmaps show class blocks."""
@@ -71,27 +78,33 @@ def bar_by_layer(series: dict, title: str, yaxis: str) -> go.Figure:
     fig = go.Figure()
     for name, values in series.items():
         fig.add_trace(go.Bar(name=name, x=[f"layer {l}" for l in range(1, len(values) + 1)], y=list(values)))
-    fig.update_layout(title=title, yaxis_title=yaxis, barmode="group", height=320,
+    fig.update_layout(title=title, yaxis_title=yaxis, barmode="group", height=320, colorway=PALETTE,
                       margin=dict(l=60, r=20, t=50, b=40))
     return fig
 
 
 def lines(x, series: dict, *, title: str, xaxis: str, yaxis: str, log_x: bool = False, log_y: bool = False,
-          hlines: dict | None = None, markers: dict | None = None, height: int = 380) -> go.Figure:
+          hlines: dict | None = None, markers: dict | None = None, height: int = 380,
+          colours: dict | None = None) -> go.Figure:
     """Line plot of ``{name: y-values}`` over ``x``, with optional horizontal baselines.
 
     ``markers``: ``{name: (x, y, hover text)}`` drawn as open markers (e.g. finite-width networks).
+    ``colours``: ``{trace name: colour}`` for traces that belong together (a curve and its markers); the
+    others take ``PALETTE`` in order.
     """
+    colours = colours or {}
     fig = go.Figure()
     for name, y in series.items():
-        fig.add_trace(go.Scatter(x=list(x), y=list(y), mode="lines+markers", name=name))
+        fig.add_trace(go.Scatter(x=list(x), y=list(y), mode="lines+markers", name=name,
+                                 line=dict(color=colours.get(name))))
     for name, value in (hlines or {}).items():
         fig.add_trace(go.Scatter(x=[min(x), max(x)], y=[value, value], mode="lines", name=name,
-                                 line=dict(dash="dash")))
+                                 line=dict(dash="dash", color=colours.get(name))))
     for name, (mx, my, text) in (markers or {}).items():
         fig.add_trace(go.Scatter(x=list(mx), y=list(my), mode="markers", name=name, text=list(text),
-                                 marker=dict(size=11, symbol="diamond-open", line=dict(width=2))))
-    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, height=height,
+                                 marker=dict(size=11, symbol="diamond-open", line=dict(width=2),
+                                             color=colours.get(name))))
+    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, height=height, colorway=PALETTE,
                       margin=dict(l=60, r=20, t=50, b=50))
     if log_x:
         fig.update_xaxes(type="log")
@@ -105,12 +118,13 @@ def density_overlay(histograms: dict, title: str) -> go.Figure:
     fig = go.Figure()
     for name, (centers, density) in histograms.items():
         if "Gaussian" in name:
-            fig.add_trace(go.Scatter(x=centers, y=density, mode="lines", name=name, line=dict(dash="dash")))
+            fig.add_trace(go.Scatter(x=centers, y=density, mode="lines", name=name,
+                                     line=dict(dash="dash", color=REFERENCE)))
         else:
             fig.add_trace(go.Scatter(x=centers, y=density, mode="lines", name=name, line_shape="hvh",
                                      fill="tozeroy", opacity=0.6))
     fig.update_layout(title=title, xaxis_title="preactivation h", yaxis_title="density", height=360,
-                      margin=dict(l=60, r=20, t=50, b=50))
+                      colorway=PALETTE, margin=dict(l=60, r=20, t=50, b=50))
     return fig
 
 
@@ -119,7 +133,7 @@ def scatter_2d(clouds: dict, *, title: str, xaxis: str, yaxis: str) -> go.Figure
     fig = go.Figure()
     for name, (x, y) in clouds.items():
         fig.add_trace(go.Scattergl(x=x, y=y, mode="markers", name=name, marker=dict(size=4, opacity=0.35)))
-    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, height=420,
+    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, height=420, colorway=PALETTE,
                       margin=dict(l=60, r=20, t=50, b=50))
     fig.update_yaxes(scaleanchor="x")
     return fig
@@ -131,8 +145,8 @@ def prediction_scatter(theory, network, *, title: str, xaxis: str = "theory", ya
     lo = float(min(theory.min(), network.min()))
     hi = float(max(theory.max(), network.max()))
     fig = go.Figure([
-        go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line=dict(dash="dash", color="grey")),
-        go.Scatter(x=theory, y=network, mode="markers", name="test points", marker=dict(size=6)),
+        go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line=dict(dash="dash", color=REFERENCE)),
+        go.Scatter(x=theory, y=network, mode="markers", name="test points", marker=dict(size=6, color=PALETTE[0])),
     ])
     fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, height=420,
                       margin=dict(l=60, r=20, t=50, b=50))
@@ -195,7 +209,7 @@ def dmft_animation(times, snapshots, train_loss, test_loss, alignment, labels, *
     fig.update_xaxes(showticklabels=False, row=1, col=1)
     fig.update_yaxes(showticklabels=False, autorange="reversed", scaleanchor="x", row=1, col=1)
     fig.update_layout(
-        height=460, margin=dict(l=20, r=20, t=60, b=110),
+        height=460, margin=dict(l=20, r=20, t=60, b=110), colorway=PALETTE,
         updatemenus=[dict(type="buttons", direction="left", x=0.0, y=-0.12, xanchor="left", buttons=[
             dict(label="Play", method="animate",
                  args=[None, dict(frame=dict(duration=250, redraw=True), fromcurrent=False, mode="immediate",

@@ -6,7 +6,7 @@ import streamlit as st
 
 import akviz
 from akviz.deep_linear import linear_overlaps, whitened_task
-from akviz.plots import lines
+from akviz.plots import PALETTE, REFERENCE, lines
 from dashboard import common
 
 st.title("Deep linear networks")
@@ -43,11 +43,16 @@ for g in sorted(gammas):
     for l, (c_exact, c_solved) in enumerate(zip(exact[f"exact, gamma0={g:g}"], solved), start=1):
         rows.append({"gamma0": g, "layer": l, "c_l exact": c_exact, "c_l solver": c_solved,
                      "|difference|": abs(c_exact - c_solved)})
+# one colour per gamma0: its closed-form curve and the solver's markers on it
+colours = {"lazy (c_l = 1)": REFERENCE}
+for i, g in enumerate(sorted(gammas)):
+    colours[f"exact, gamma0={g:g}"] = colours[f"solver, gamma0={g:g}"] = PALETTE[i % len(PALETTE)]
 fig = lines(layers, exact, title=f"Overlaps c_l = y^T Phi^l y (beta = {s.beta:g})", xaxis="layer l",
-            yaxis="c_l", hlines={"lazy (c_l = 1)": 1.0}, markers=markers)
+            yaxis="c_l", hlines={"lazy (c_l = 1)": 1.0}, markers=markers, colours=colours)
 st.plotly_chart(fig, width="stretch", key="overlaps")
 table = pd.DataFrame(rows)
-st.dataframe(table, hide_index=True, width="stretch")
+st.dataframe(table, hide_index=True, width="stretch",
+             column_config={"|difference|": st.column_config.NumberColumn(format="%.1e")})
 st.caption(f"Largest difference between the closed form and the solver: {table['|difference|'].max():.1e}. "
            "beta is the sidebar's value (switch the adaptive kernel to aNBK to change it).")
 common.downloads("deep-linear-overlaps", fig)

@@ -51,7 +51,9 @@ table = pd.DataFrame([
     {"predictor": f"lazy NNGP (ridge {result.lazy_nngp_ridge:g})", "test MSE": result.lazy_nngp_test_loss,
      "relative gap to DMFT": np.nan},
 ])
-st.dataframe(table, hide_index=True, width="stretch")
+st.dataframe(table, hide_index=True, width="stretch",  # gaps span decades; the lazy rows have none
+             column_config={"test MSE": st.column_config.NumberColumn(format="%.4f"),
+                            "relative gap to DMFT": st.column_config.NumberColumn(format="%.1e")})
 c1, c2 = st.columns(2)
 c1.plotly_chart(prediction_scatter(result.test_predictions, result.feature_test_predictions,
                                    title="feature form vs DMFT (test points)", xaxis="DMFT output",

@@ -47,7 +47,9 @@ rows = [
      "test error": lazy_ntk.test_error, "train MSE": lazy_ntk.train_loss,
      "alignment per layer": common.format_layers(lazy_ntk.alignment)},
 ]
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+four = st.column_config.NumberColumn(format="%.4f")  # one precision for the three rows
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+             column_config={"test MSE": four, "train MSE": four, "test error": four})
 align = bar_by_layer({name: result.alignment, "NNGP": lazy.alignment},
                      "Kernel-target alignment y^T Phi y / (|Phi|_F |y|^2)", "alignment")
 st.plotly_chart(align, width="stretch", key="alignment")

@@ -55,6 +55,11 @@ def test_deep_linear_page_matches_closed_form():
     np.testing.assert_allclose(exact["exact, gamma0=1"], linear_overlaps(1.0, 10.0, 4), rtol=1e-12)
     solver = {t["name"]: _array(t["y"]) for t in fig["data"] if t["name"].startswith("solver")}
     np.testing.assert_allclose(solver["solver, gamma0=2"], linear_overlaps(2.0, 10.0, 4), rtol=1e-8)
+    # each gamma0's closed-form curve and the solver's markers on it share one colour, and gamma0s differ
+    colour = {t["name"]: t.get("line", {}).get("color") or t.get("marker", {}).get("color") for t in fig["data"]}
+    for g in ("0.5", "1", "2"):
+        assert colour[f"exact, gamma0={g}"] == colour[f"solver, gamma0={g}"] is not None, colour
+    assert len({colour[f"exact, gamma0={g}"] for g in ("0.5", "1", "2")}) == 3, colour
 
 
 # Small, exactly solvable settings keep the page tests fast: the linear aNBK is solved
