@@ -6,7 +6,10 @@ settings persist across pages and live in the URL.
 
 import streamlit as st
 
+from dashboard.common import APP_RAN
+
 st.set_page_config(page_title="akviz: adaptive kernels", layout="wide")
+st.session_state[APP_RAN] = True  # the pages check that they run under this navigation
 
 PAGES = [
     st.Page("pages/kernels.py", title="Kernel explorer", default=True),

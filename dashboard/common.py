@@ -137,8 +137,30 @@ def sidebar():
                       "(adaptive importance sampling) sizes its own draws and ignores this.")
 
 
+#: Session-state key that app.py sets on every run: a page run without it was started without app.py.
+APP_RAN = "_akviz_app_ran"
+
+
+def _through_app_navigation() -> None:
+    """Make sure app.py's ``st.navigation`` runs this page.
+
+    Streamlit runs a folder named ``pages/`` beside the entry script as a legacy multipage app until
+    ``st.navigation`` is first called. On a fresh server whose first request is a page's own address (a
+    shared link to ``/sweep``), it ran that page without app.py (no wide layout, file names for navigation,
+    an "app" entry) and went on doing so for every session until someone opened ``/``. Leaving that mode and
+    rerunning runs app.py, whose navigation opens the same page. (Streamlit offers no setting for it; the
+    flag is the one ``st.navigation`` itself clears.)"""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    # app.py sets APP_RAN before its st.navigation; a page run without it while the flag is up is that case
+    if not st.session_state.get(APP_RAN) and getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def page_setup() -> Settings:
     """Load the URL state (first run), draw the sidebar, save the state; returns the settings."""
+    _through_app_navigation()
     load_url_state()
     for key in URL_STATE:
         # Re-assigning turns widget state into session state, which survives a page switch.

@@ -6,7 +6,7 @@ import streamlit as st
 
 import akviz
 
-from akviz.plots import lines
+from akviz.plots import PALETTE, lines
 from dashboard import common
 
 st.title("Test loss vs gamma0")
@@ -75,9 +75,11 @@ if st.button("Run sweep", type="primary", key="run_sweep"):
 
 # Draw whatever is cached for this grid, so an interrupted sweep still shows its points.
 cache = common.solution_cache()
-series, errors, rows, markers = {}, {}, [], {}
-for method in methods:
+series, errors, rows, markers, unconverged = {}, {}, [], {}, {}
+colours = {}  # one colour per method: its curve, its unconverged points and its networks
+for i, method in enumerate(methods):
     name = "aNBK" if method == "anbk" else "aNTK"
+    colours[name] = colours[f"network N={net_width} ({name})"] = PALETTE[i]
     pts = [(g, cache.get(common.problem_key(s, method), g)) for g in grid]
     pts = [(g, r) for g, r in pts if r is not None]
     if not pts:
@@ -86,7 +88,7 @@ for method in methods:
     errors[name] = [r.test_error for _, r in pts]
     bad = [(g, r.test_loss) for g, r in pts if not r.converged]
     if bad:
-        markers[f"{name} not converged"] = ([g for g, _ in bad], [v for _, v in bad], ["not converged"] * len(bad))
+        unconverged[name] = ([g for g, _ in bad], [v for _, v in bad])
     for g, r in pts:
         rows.append({"method": name, "gamma0": g, "test MSE": r.test_loss, "test error": r.test_error,
                      "converged": r.converged, "alignment (last layer)": r.alignment[-1]})
@@ -114,20 +116,26 @@ if "antk" in methods:
         **s.data, method="nngp", depth=s.depth, activation=s.activation, ridge=s.weight_decay)
 
 x_for = {name: [r["gamma0"] for r in rows if r["method"] == name] for name in series}
+# the baselines take the palette after the methods' colours
+colours.update({k: PALETTE[(len(methods) + i) % len(PALETTE)] for i, k in enumerate(baselines)})
 fig = lines(xs, {}, title=f"Test MSE vs gamma0 ({ds.description}, P = {s.n_train})", xaxis="gamma0",
-            yaxis="test MSE", log_x=True, hlines={k: v.test_loss for k, v in baselines.items()}, markers=markers)
+            yaxis="test MSE", log_x=True, hlines={k: v.test_loss for k, v in baselines.items()}, markers=markers,
+            colours=colours)
 for name, ys in series.items():
-    fig.add_scatter(x=x_for[name], y=ys, mode="lines+markers", name=name)
+    fig.add_scatter(x=x_for[name], y=ys, mode="lines+markers", name=name, line=dict(color=colours[name]))
+for name, (gx, gy) in unconverged.items():
+    fig.add_scatter(x=gx, y=gy, mode="markers", name=f"{name} not converged", hovertext="not converged",
+                    marker=dict(size=16, symbol="circle-open", line=dict(width=2), color=colours[name]))
 st.plotly_chart(fig, width="stretch", key="sweep_loss")
 if ds.is_binary:
     fig_err = lines(xs, {}, title="Test classification error", xaxis="gamma0", yaxis="test error", log_x=True,
-                    hlines={k: v.test_error for k, v in baselines.items()})
+                    hlines={k: v.test_error for k, v in baselines.items()}, colours=colours)
     for name, ys in errors.items():
-        fig_err.add_scatter(x=x_for[name], y=ys, mode="lines+markers", name=name)
+        fig_err.add_scatter(x=x_for[name], y=ys, mode="lines+markers", name=name, line=dict(color=colours[name]))
     st.plotly_chart(fig_err, width="stretch", key="sweep_error")
 table = pd.DataFrame(rows)
 if not table["converged"].all():
-    st.warning("Some points did not converge (open diamonds); their losses are not trustworthy.")
+    st.warning("Some points did not converge (open circles); their losses are not trustworthy.")
 st.dataframe(table, hide_index=True, width="stretch")
 common.downloads("gamma0-sweep", fig)
 st.download_button("Table (CSV)", table.to_csv(index=False), "gamma0-sweep.csv", mime="text/csv",

@@ -33,6 +33,16 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def server():
+    yield from _serve()
+
+
+@pytest.fixture
+def fresh_server():
+    """A server of its own: which page its first request opens is what a test checks."""
+    yield from _serve()
+
+
+def _serve():
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
@@ -90,3 +100,21 @@ def test_slider_redraws_heatmap_in_real_browser(server, tmp_path):
         browser.close()
     assert after != before
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs the Debian chromium package (apt-get install chromium)")
+def test_a_link_to_a_page_opens_it_through_the_app_on_a_fresh_server(fresh_server):
+    """A folder named pages/ made Streamlit run a first request for /deep_linear without app.py: the page
+    alone, narrow, with its file names for navigation and an "app" entry (for every later session too)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(fresh_server + "/deep_linear?beta=10.0")
+        page.get_by_role("heading", name="Deep linear networks").wait_for(timeout=120_000)
+        nav = page.get_by_test_id("stSidebarNav")
+        nav.get_by_text("Kernel explorer").wait_for(timeout=60_000)
+        titles = nav.inner_text()
+        browser.close()
+    assert "Test loss vs gamma0" in titles and "Deep linear networks" in titles, titles
+    assert "app" not in titles.split(), titles
