@@ -136,7 +136,9 @@ if ds.is_binary:
 table = pd.DataFrame(rows)
 if not table["converged"].all():
     st.warning("Some points did not converge (open circles); their losses are not trustworthy.")
-st.dataframe(table, hide_index=True, width="stretch")
+four = st.column_config.NumberColumn(format="%.4f")
+st.dataframe(table, hide_index=True, width="stretch",
+             column_config={"test MSE": four, "test error": four, "alignment (last layer)": four})
 common.downloads("gamma0-sweep", fig)
 st.download_button("Table (CSV)", table.to_csv(index=False), "gamma0-sweep.csv", mime="text/csv",
                    key="dl-sweep-csv")
