@@ -37,8 +37,10 @@ Solvers (``method``):
 * ``"hs"``: Hubbard-Stratonovich decoupling of the rank-one last-layer tilt,
   deterministic quadrature over ``xi``, importance sampling of ``p(h | xi)``
   with common random numbers and Anderson on the P-vector ``a``, integrating
-  ``xi`` over the basin of the main maximum of its marginal. Precise (residuals
-  1e-5) where it converges, but its fixed-point path leaves the normalisable
+  ``xi`` over the basin of the main maximum of its marginal. Its fixed point on
+  fixed samples is solved to residuals of 1e-5, which says nothing of their Monte
+  Carlo error (7% with 5120 samples at P = 30), so ``converged`` also needs that
+  error below ``tol``, as for the other solvers. Its fixed-point path leaves the normalisable
   set early: for relu on digits 3-vs-8 it reports failure from ``gamma0 ~ 0.3``
   (``beta = 1``), where the saddle still exists (the ``"mala"`` solver and
   Langevin networks find it). See :mod:`akviz.anbk_hs`.
@@ -126,7 +128,8 @@ class ANBKResult:
         linear network, a Monte Carlo estimate from the importance weights for ``"ais"`` (on the final,
         fresh draw) and ``"is"`` (where the result is the state its last samples measured), by stepping
         stones for ``"mala"`` (the chains walk down the tilt's strength from the final state to the prior:
-        ``akviz.anbk_mcmc.log_normalisers``); NaN for ``"hs"``, and where the tilted density does not normalise.
+        ``akviz.anbk_mcmc.log_normalisers``), by the ``xi`` quadrature over its basin for ``"hs"``; NaN where
+        the tilted density does not normalise.
       action_mc_error: its Monte Carlo standard error (that of ``ln Z``; 0 exact, NaN where ``action`` is).
       history: one dict per iteration: residuals, ESS, seconds, ``alignment``; ``"ais"`` checks and
         ``"is"`` iterations add ``action``, ``action_mc_error`` and ``log_z`` of the state they check, and
@@ -867,8 +870,8 @@ def _run_hs(act, c_full, c, x_train, y_train, p, gamma0, beta, depth, samples, s
 def _action(phis, duals, y, g2, inv_beta, log_zs=None, log_z_errors=None):
     """The action ``S`` at the state (``akviz.anbk_action``) and its Monte Carlo error from the solver's ``ln Z_l``
     and their errors: exact for the linear network (``ln(x) / 2``, ``_linear_scalar``), else estimates (importance
-    sampling: ``"ais"``, ``"is"``; stepping stones: ``"mala"``); NaN where the solver has none (``"hs"``) or its
-    ``ln Z`` is NaN (a tilted density that does not normalise)."""
+    sampling: ``"ais"``, ``"is"``; stepping stones: ``"mala"``; the ``xi`` quadrature: ``"hs"``); NaN where the
+    solver has none (a failed solve) or its ``ln Z`` is NaN (a tilted density that does not normalise)."""
     if log_zs is None:
         return float("nan"), float("nan")
     return saddle_action(phis, duals, y, g2, inv_beta, log_zs), action_error(log_z_errors)

@@ -392,7 +392,8 @@ def prefetch_status(s: Settings, method: str | None = None) -> None:
 
 def diagnostics(result, info=None) -> str:
     """One line of solver diagnostics for beside a figure."""
-    parts = [("converged" if result.converged else "NOT converged"), f"{result.iterations} iteration" + ("" if result.iterations == 1 else "s")]
+    parts = [("converged" if result.converged else "NOT converged"),
+             f"{result.iterations} iteration" + ("" if result.iterations == 1 else "s")]
     residual = result.residual["max"] if isinstance(result.residual, dict) else result.residual
     parts.append(f"residual {residual:.2e}")
     mc = result.residual.get("mc_error") if isinstance(result.residual, dict) else None

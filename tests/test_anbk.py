@@ -216,6 +216,9 @@ def test_preactivation_samples_linear_match_gaussians():
 # ---------------------------------------------------------------- Hubbard-Stratonovich path (default for relu)
 
 HS_SAMPLES = 5120
+#: tol of the HS tests: with HS_SAMPLES its Monte Carlo error is 2-8% (P = 30), above the default 1e-2, and
+#: ``converged`` needs it below tol; the kernels are still checked against exact ones within that error.
+HS_TOL = 0.15
 
 
 def _rel_err(a, b):
@@ -226,15 +229,18 @@ def test_hs_linear_matches_exact_within_error_bars():
     """phi = identity through the HS Monte Carlo: p(u|xi) is exactly the Gaussian proposal (ESS 1)."""
     data = whitened_problem()
     exact = anbk(data, gamma0=1.0, beta=10.0, depth=1, activation="linear")
-    hs = anbk(data, gamma0=1.0, beta=10.0, depth=1, activation="linear", method="hs", samples=HS_SAMPLES)
+    hs = anbk(data, gamma0=1.0, beta=10.0, depth=1, activation="linear", method="hs", samples=HS_SAMPLES, tol=HS_TOL)
     assert hs.converged, hs.message
     assert hs.ess[0] > 0.99 and hs.residual["max"] < 1e-4
     assert _rel_err(hs.kernels[0], exact.kernels[0]) < 4 * hs.mc_error[0]
+    # the action from HS's ln Z (the xi integral over the basin): its own error, plus the state's
+    # (stationary there, so second order in the kernels' relative error)
+    assert abs(hs.action - exact.action) < 4 * hs.action_mc_error + hs.mc_error[0] ** 2 * abs(exact.action)
 
 
 def test_hs_relu_tiny_gamma_is_nngp():
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
-    res = anbk(ds, gamma0=1e-4, beta=1.0, method="hs", samples=HS_SAMPLES)
+    res = anbk(ds, gamma0=1e-4, beta=1.0, method="hs", samples=HS_SAMPLES, tol=HS_TOL)
     lazy = akviz.lazy_predictor(ds, ridge=1.0)
     assert res.converged, res.message
     assert res.method == "hs" and res.ess[0] > 0.99 and res.residual["max"] < 1e-4
@@ -247,18 +253,31 @@ def test_hs_agrees_with_mala_and_two_seeds_within_error():
     """Independent methods and seeds agree within the Monte Carlo error they report (relu, small gamma0)."""
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
     kw = dict(gamma0=0.3, beta=1.0)
-    h0 = anbk(ds, **kw, method="hs", samples=HS_SAMPLES, seed=0)
-    h1 = anbk(ds, **kw, method="hs", samples=HS_SAMPLES, seed=1)
+    h0 = anbk(ds, **kw, method="hs", samples=HS_SAMPLES, tol=HS_TOL, seed=0)
+    h1 = anbk(ds, **kw, method="hs", samples=HS_SAMPLES, tol=HS_TOL, seed=1)
     mala = anbk(ds, **kw, method="mala", samples=4096, seed=2)
     assert h0.converged and h1.converged and mala.converged, (h0.message, h1.message, mala.message)
     assert h0.residual["max"] < 1e-2 and h0.mc_error[0] > 0
     assert _rel_err(h0.kernels[0], h1.kernels[0]) < 4 * math.hypot(h0.mc_error[0], h1.mc_error[0])
     assert _rel_err(h0.kernels[0], mala.kernels[0]) < 4 * math.hypot(h0.mc_error[0], mala.mc_error[0])
+    # HS's action (ln Z by its xi quadrature) against MALA's (stepping stones), as in the linear test
+    for h in (h0, h1):
+        err = 4 * math.hypot(h.action_mc_error, mala.action_mc_error) + h.mc_error[0] ** 2 * abs(mala.action)
+        assert abs(h.action - mala.action) < err, (h.action, mala.action, err)
+
+
+def test_hs_is_not_converged_while_its_monte_carlo_error_is_above_tol():
+    """HS's residual is measured on its own samples (the fixed point settles to ~1e-5 there), so like the other
+    solvers it converges only once its Monte Carlo error is below tol too; the message says so and what to do."""
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    res = anbk(ds, gamma0=0.3, beta=1.0, method="hs", samples=HS_SAMPLES)  # tol 1e-2, error ~7%
+    assert res.mc_error[0] > 1e-2 and res.residual["max"] < 1e-3
+    assert not res.converged and "Monte Carlo error" in res.message and "samples" in res.message, res.message
 
 
 def test_hs_forced_failure_reports_cause():
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
-    res = anbk(ds, gamma0=5.0, beta=10.0, method="hs", samples=HS_SAMPLES)
+    res = anbk(ds, gamma0=5.0, beta=10.0, method="hs", samples=HS_SAMPLES, tol=HS_TOL)
     assert not res.converged
     assert "normalise" in res.message and "gamma0" in res.message
     d = res.to_json_dict()
@@ -270,8 +289,8 @@ def test_hs_forced_failure_reports_cause():
 
 def test_hs_warm_start_and_depth_two():
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
-    first = anbk(ds, gamma0=0.1, beta=1.0, depth=2, method="hs", samples=HS_SAMPLES)
-    warm = anbk(ds, gamma0=0.2, beta=1.0, depth=2, method="hs", samples=HS_SAMPLES, init=first)
+    first = anbk(ds, gamma0=0.1, beta=1.0, depth=2, method="hs", samples=HS_SAMPLES, tol=HS_TOL)
+    warm = anbk(ds, gamma0=0.2, beta=1.0, depth=2, method="hs", samples=HS_SAMPLES, tol=HS_TOL, init=first)
     assert first.converged and warm.converged, (first.message, warm.message)
     assert warm.kernels.shape == (2, 30, 30) and warm.kernels_full.shape == (2, 50, 50)
     assert warm.residual["max"] < 1e-2 and min(warm.ess) > 0.05 and np.isfinite(warm.test_loss)
@@ -319,7 +338,7 @@ def test_mala_two_seeds_and_hs_agree_within_error():
     kw = dict(gamma0=0.3, beta=1.0)
     m0 = anbk(ds, **kw, samples=2048, seed=0, method="mala")
     m1 = anbk(ds, **kw, samples=2048, seed=1, method="mala")
-    hs = anbk(ds, **kw, method="hs", samples=HS_SAMPLES)
+    hs = anbk(ds, **kw, method="hs", samples=HS_SAMPLES, tol=HS_TOL)
     assert m0.converged and m1.converged and hs.converged, (m0.message, m1.message, hs.message)
     assert m0.residual["max"] < 1e-2
     err = math.hypot(m0.mc_error[0], m1.mc_error[0])
