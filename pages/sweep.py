@@ -86,9 +86,9 @@ for i, method in enumerate(methods):
         continue
     series[name] = [r.test_loss for _, r in pts]
     errors[name] = [r.test_error for _, r in pts]
-    bad = [(g, r.test_loss) for g, r in pts if not r.converged]
-    if bad:
-        unconverged[name] = ([g for g, _ in bad], [v for _, v in bad])
+    bad = [(g, r) for g, r in pts if not r.converged]
+    if bad:  # gamma0, test loss, test error of the points that did not converge
+        unconverged[name] = ([g for g, _ in bad], [r.test_loss for _, r in bad], [r.test_error for _, r in bad])
     for g, r in pts:
         rows.append({"method": name, "gamma0": g, "test MSE": r.test_loss, "test error": r.test_error,
                      "converged": r.converged, "alignment (last layer)": r.alignment[-1]})
@@ -123,15 +123,24 @@ fig = lines(xs, {}, title=f"Test MSE vs gamma0 ({ds.description}, P = {s.n_train
             colours=colours)
 for name, ys in series.items():
     fig.add_scatter(x=x_for[name], y=ys, mode="lines+markers", name=name, line=dict(color=colours[name]))
-for name, (gx, gy) in unconverged.items():
-    fig.add_scatter(x=gx, y=gy, mode="markers", name=f"{name} not converged", hovertext="not converged",
-                    marker=dict(size=16, symbol="circle-open", line=dict(width=2), color=colours[name]))
+
+
+def mark_unconverged(figure, column):
+    """Open circles in the method's colour on the points that did not converge (``column`` 1: loss, 2: error)."""
+    for name, points in unconverged.items():
+        figure.add_scatter(x=points[0], y=points[column], mode="markers", name=f"{name} not converged",
+                           hovertext="not converged",
+                           marker=dict(size=16, symbol="circle-open", line=dict(width=2), color=colours[name]))
+
+
+mark_unconverged(fig, 1)
 st.plotly_chart(fig, width="stretch", key="sweep_loss")
 if ds.is_binary:
     fig_err = lines(xs, {}, title="Test classification error", xaxis="gamma0", yaxis="test error", log_x=True,
                     hlines={k: v.test_error for k, v in baselines.items()}, colours=colours)
     for name, ys in errors.items():
         fig_err.add_scatter(x=x_for[name], y=ys, mode="lines+markers", name=name, line=dict(color=colours[name]))
+    mark_unconverged(fig_err, 2)
     st.plotly_chart(fig_err, width="stretch", key="sweep_error")
 table = pd.DataFrame(rows)
 if not table["converged"].all():

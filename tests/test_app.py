@@ -189,6 +189,26 @@ def test_sweep_page_runs_and_draws_losses_against_baseline():
     np.testing.assert_allclose(_array(baseline["y"]), [lazy.test_loss] * 2, rtol=1e-10)
 
 
+def test_sweep_marks_unconverged_points_in_their_method_colour(monkeypatch):
+    """Points that did not converge (forced: the exact linear solver at tol 1e-20, below its rounding) are circled
+    on the loss and the error figure, in the colour of their method's curve."""
+    import functools
+
+    monkeypatch.setattr(akviz, "anbk", functools.partial(akviz.anbk, tol=1e-20))
+    at = _small_app("pages/sweep.py", beta=2.0)  # a problem of its own: the solution cache outlives a test
+    at.select_slider(key="sweep_range").set_value((0.25, 1.0))
+    at.slider(key="sweep_points").set_value(3)
+    at.button(key="run_sweep").click().run()
+    assert not at.exception, at.exception
+    assert "did not converge" in at.warning[0].value
+    for key in ("sweep_loss", "sweep_error"):
+        traces = {t["name"]: t for t in _figure(at, key)["data"]}
+        circles, curve = traces["aNBK not converged"], traces["aNBK"]
+        np.testing.assert_allclose(_array(circles["x"]), [0.25, 0.5, 1.0])
+        np.testing.assert_allclose(_array(circles["y"]), _array(curve["y"]))
+        assert circles["marker"]["color"] == curve["line"]["color"], key
+
+
 def test_sweep_adds_finite_width_network_markers():
     at = _small_app("pages/sweep.py", method="antk", weight_decay=0.1)
     at.select_slider(key="sweep_range").set_value((0.5, 1.0))
