@@ -75,8 +75,9 @@ def test_linear_test_kernel_is_gaussian_conditioning():
 def test_linear_sampling_agrees_with_exact_within_error_bars():
     data = whitened_problem()
     exact = anbk(data, gamma0=0.5, beta=1.0, depth=1, activation="linear")
-    for method in ("mala", "is"):
-        mc = anbk(data, gamma0=0.5, beta=1.0, depth=1, activation="linear", method=method, samples=4096, seed=3)
+    # "is" converges once its fresh samples' Monte Carlo error is below tol: 4.7% with 4096 samples here
+    for method, samples in (("mala", 4096), ("is", 262144)):
+        mc = anbk(data, gamma0=0.5, beta=1.0, depth=1, activation="linear", method=method, samples=samples, seed=3)
         assert mc.converged, mc.message
         err = np.linalg.norm(mc.kernels[0] - exact.kernels[0]) / np.linalg.norm(exact.kernels[0])
         assert mc.mc_error[0] > 0
