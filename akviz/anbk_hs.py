@@ -426,7 +426,7 @@ def solve_hs(act, c, y, g, beta, depth, samples, seed, tol, max_iter, x0, modes0
 
 
 def _solve_hs_settled(act, c, y, g, beta, depth, samples, seed, tol, max_iter, x0, modes0, g_from, callback, start,
-             continuation, ess_floor=0.05, inner_tol=1e-5, max_evals=40, _bisect=3):
+                      continuation, ess_floor=0.05, inner_tol=1e-5, max_evals=40, _bisect=3):
     """``solve_hs`` before its Monte Carlo error is judged: ``converged`` says the proposals settled at a
     fixed point of the map on fixed samples. A warm start whose state has no basin at the target gamma0 (the
     step was too large) is retried through the midpoint gamma0 (up to ``_bisect`` halvings) before failure is
@@ -436,13 +436,13 @@ def _solve_hs_settled(act, c, y, g, beta, depth, samples, seed, tol, max_iter, x
     if sol["converged"] or sol.get("failed_at_start") is not True or _bisect <= 0 or g - g_from < 0.02:
         return sol
     mid = 0.5 * (g + g_from)
-    half = _solve_hs_settled(act, c, y, mid, beta, depth, samples, seed, tol, max_iter, x0, modes0, g_from, None, start,
-                    continuation, ess_floor, inner_tol, max_evals, _bisect - 1)
+    half = _solve_hs_settled(act, c, y, mid, beta, depth, samples, seed, tol, max_iter, x0, modes0, g_from, None,
+                             start, continuation, ess_floor, inner_tol, max_evals, _bisect - 1)
     if not half["converged"]:
         return sol
     out = _solve_hs_settled(act, c, y, g, beta, depth, samples, seed, tol, max_iter, half["state"]["x"],
-                   half["state"]["modes"], mid, callback, start, continuation, ess_floor, inner_tol, max_evals,
-                   _bisect - 1)
+                            half["state"]["modes"], mid, callback, start, continuation, ess_floor, inner_tol,
+                            max_evals, _bisect - 1)
     out["history"] = [dict(h, kind="bisection") for h in half["history"]] + out["history"]
     return out
 

@@ -288,7 +288,7 @@ def test_hs_is_not_converged_while_its_monte_carlo_error_is_above_tol():
 
 def test_hs_forced_failure_reports_cause():
     ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
-    res = anbk(ds, gamma0=5.0, beta=10.0, method="hs", samples=HS_SAMPLES, tol=HS_TOL)
+    res = anbk(ds, gamma0=5.0, beta=10.0, method="hs", samples=HS_SAMPLES)
     assert not res.converged
     assert "normalise" in res.message and "gamma0" in res.message
     d = res.to_json_dict()
