@@ -26,6 +26,10 @@ enable_compilation_cache()
 
 ACTIVATIONS = ("relu", "erf", "tanh", "linear")
 SAMPLE_CHOICES = ("auto", 1000, 2000, 4000, 8000, 16000)
+#: Table columns: losses, gaps and alignments to four decimals; quantities spanning decades (gaps to an exact
+#: answer) in scientific notation. (Streamlit's default trims zeros, so rows of one column printed 0.19 beside 0.2428.)
+FOUR_DECIMALS = st.column_config.NumberColumn(format="%.4f")
+SCIENTIFIC = st.column_config.NumberColumn(format="%.1e")
 BETAS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
 WEIGHT_DECAYS = (0.01, 0.03, 0.1, 0.3, 1.0)
 METHOD_LABELS = {"anbk": "aNBK (Bayesian)", "antk": "aNTK (weight decay)"}

@@ -52,7 +52,7 @@ fig = lines(layers, exact, title=f"Overlaps c_l = y^T Phi^l y (beta = {s.beta:g}
 st.plotly_chart(fig, width="stretch", key="overlaps")
 table = pd.DataFrame(rows)
 st.dataframe(table, hide_index=True, width="stretch",
-             column_config={"|difference|": st.column_config.NumberColumn(format="%.1e")})
+             column_config={"|difference|": common.SCIENTIFIC})
 st.caption(f"Largest difference between the closed form and the solver: {table['|difference|'].max():.1e}. "
            "beta is the sidebar's value (switch the adaptive kernel to aNBK to change it).")
 common.downloads("deep-linear-overlaps", fig)

@@ -52,8 +52,7 @@ table = pd.DataFrame([
      "relative gap to DMFT": np.nan},
 ])
 st.dataframe(table, hide_index=True, width="stretch",  # gaps span decades; the lazy rows have none
-             column_config={"test MSE": st.column_config.NumberColumn(format="%.4f"),
-                            "relative gap to DMFT": st.column_config.NumberColumn(format="%.1e")})
+             column_config={"test MSE": common.FOUR_DECIMALS, "relative gap to DMFT": common.SCIENTIFIC})
 c1, c2 = st.columns(2)
 c1.plotly_chart(prediction_scatter(result.test_predictions, result.feature_test_predictions,
                                    title="feature form vs DMFT (test points)", xaxis="DMFT output",

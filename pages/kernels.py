@@ -47,7 +47,7 @@ rows = [
      "test error": lazy_ntk.test_error, "train MSE": lazy_ntk.train_loss,
      "alignment per layer": common.format_layers(lazy_ntk.alignment)},
 ]
-four = st.column_config.NumberColumn(format="%.4f")  # one precision for the three rows
+four = common.FOUR_DECIMALS  # one precision for the three rows
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
              column_config={"test MSE": four, "train MSE": four, "test error": four})
 align = bar_by_layer({name: result.alignment, "NNGP": lazy.alignment},

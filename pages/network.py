@@ -102,7 +102,7 @@ for n in widths:
                  "kernel distance (last layer)": c["kernels"]["relative_frobenius"][-1],
                  "test MSE network": c["test_loss_network"], "test MSE theory": c["test_loss_theory"]})
 table = pd.DataFrame(rows)
-four = st.column_config.NumberColumn(format="%.4f")
+four = common.FOUR_DECIMALS
 st.dataframe(table, hide_index=True, width="stretch",  # correlations sit at 0.9999x: five decimals tell them apart
              column_config={"correlation": st.column_config.NumberColumn(format="%.5f"), "RMS difference": four,
                             "kernel distance (last layer)": four, "test MSE network": four, "test MSE theory": four})

@@ -145,7 +145,7 @@ if ds.is_binary:
 table = pd.DataFrame(rows)
 if not table["converged"].all():
     st.warning("Some points did not converge (open circles); their losses are not trustworthy.")
-four = st.column_config.NumberColumn(format="%.4f")
+four = common.FOUR_DECIMALS
 st.dataframe(table, hide_index=True, width="stretch",
              column_config={"test MSE": four, "test error": four, "alignment (last layer)": four})
 common.downloads("gamma0-sweep", fig)
