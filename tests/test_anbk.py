@@ -768,6 +768,48 @@ def test_ais_control_variate_and_sobol_draws(gamma0):
     assert errors[1] < 0.85 * errors[0] and errors[2] < 0.8 * errors[1], errors
 
 
+def test_ais_refit_draws_each_component_by_its_share_of_the_kernels_error():
+    """With the state's kernel, the refit's masses ``alloc`` are each component's share of
+    ``E_p |phi phi^T - Phi|_F`` (the kernel's best proposal is ``q* ∝ p |phi phi^T - Phi|_F``), recomputed here
+    in float64 from the draws with the Frobenius norms formed explicitly; without it they are the target's
+    masses. The next mixture draws by them (beside the Student-t share), and at a strong tilt that lowers the
+    kernel's Monte Carlo error against drawing by the target's masses, at the same state and draw size."""
+    import jax
+
+    from akviz import anbk_ais
+    from akviz.kernels import input_kernel, lazy_kernels
+
+    gamma0 = 1.0
+    ds = akviz.load_dataset("digits:3v8", 30, 20, seed=0)
+    x_all = np.concatenate([ds.x_train, ds.x_test])
+    k0 = np.asarray(lazy_kernels(x_all, depth=1).nngp[0])
+    st = anbk(ds, gamma0=gamma0, beta=1.0, method="ais", samples=anbk_ais.BATCH)._state["ais"]
+    a = st["a"]
+    with jax.enable_x64(True):  # as inside akviz.anbk
+        prob = anbk_ais._Problem(akviz.get_activation("relu"), input_kernel(x_all), 30, ds.y_train, 1.0, 0,
+                                 prior=k0, sobol=True)
+        draws = prob.draw(a, gamma0, st["tau"], anbk_ais.BATCH, st["refit"])
+        kernel = draws.estimate(a, gamma0)[0]
+        by_error, by_mass = draws.refit(a, gamma0, kernel), draws.refit(a, gamma0)
+        n = anbk_ais.REFIT_DRAWS
+        batch = draws.batches[0]
+        phi, resp = (np.asarray(batch[k][:n], np.float64) for k in ("f32", "resp"))
+        log_w = np.asarray(batch["base"][:n]) + 0.5 * (gamma0 * phi @ a) ** 2
+        w = np.exp(log_w - log_w.max())
+        dev = np.linalg.norm(phi[:, :, None] * phi[:, None, :] - kernel, axis=(1, 2))
+        want = resp.T @ (w * dev)
+        np.testing.assert_allclose(by_error["alloc"], want / want.sum(), rtol=1e-3, atol=1e-9)
+        np.testing.assert_allclose(by_mass["alloc"], by_mass["mass"])
+        np.testing.assert_allclose(by_error["mass"], by_mass["mass"])
+        assert np.abs(by_error["alloc"] - by_error["mass"]).sum() > 0.05  # a different allocation, not a copy
+        t = prob.proposal(a, gamma0, st["tau"], {**by_mass, "alloc": np.zeros_like(by_mass["mass"])})
+        np.testing.assert_allclose(np.exp(prob.proposal(a, gamma0, st["tau"], by_error)["log_pi"]),
+                                   np.exp(t["log_pi"]) + (1 - anbk_ais.DEFENSIVE) * by_error["alloc"], rtol=1e-10)
+        errors = [prob.draw(a, gamma0, st["tau"], 4 * anbk_ais.BATCH, refit).estimate(a, gamma0)[1]
+                  for refit in (by_mass, by_error)]
+    assert errors[1] < 0.9 * errors[0], errors
+
+
 def test_ais_kernel_estimate_stays_positive_semi_definite():
     """A control variate can push F - D below zero: the estimate is then the nearest PSD matrix. Forced here
     with a wrong prior kernel (the NNGP minus 5 I), whose shift makes F - D indefinite."""
