@@ -311,15 +311,16 @@ def _unnormalised(a, g, f, base):
 
 @jax.jit
 def _batch_g_weights(a, g, f, base):
-    """``m``, ``sum w``, ``sum w^2`` and the vector ``w s`` (``_batch_g`` sums ``w s phi`` in a program of its own)."""
+    """``m``, per-group ``sum w``, ``sum w^2`` and the vector ``w s`` (``_batch_g`` and ``_batch_g_groups`` sum
+    ``w s phi`` in programs of their own)."""
     w, s, m = _unnormalised(a, g, f, base)
-    return m, jnp.sum(w), jnp.sum(w * w), w * s
+    return m, jnp.sum(w.reshape(GROUPS_PER_BATCH, -1), axis=1), jnp.sum(w * w), w * s
 
 
 def _batch_g(a, g, f, base):
     """``sum w``, ``sum w^2`` and ``sum w s phi`` (for ``G(a)`` and the ESS): O(N P)."""
-    m, total, sq, ws = _batch_g_weights(a, g, f, base)
-    return m, total, sq, _weighted_sum(ws, f)
+    m, totals, sq, ws = _batch_g_weights(a, g, f, base)
+    return m, jnp.sum(totals), sq, _weighted_sum(ws, f)
 
 
 @jax.jit
@@ -330,16 +331,9 @@ def _group_sums(v, f):
     return jax.lax.map(lambda vf: jnp.sum(vf[0][:, None] * vf[1], axis=0), split)
 
 
-@jax.jit
-def _batch_group_weights(a, g, f, base):
-    """``m``, per-group ``sum w`` and the vector ``w s``."""
-    w, s, m = _unnormalised(a, g, f, base)
-    return m, jnp.sum(w.reshape(GROUPS_PER_BATCH, -1), axis=1), w * s
-
-
 def _batch_g_groups(a, g, f, base):
     """Per-group ``sum w`` and ``sum w s phi``: the batch means behind ``G``'s standard error."""
-    m, totals, ws = _batch_group_weights(a, g, f, base)
+    m, totals, _, ws = _batch_g_weights(a, g, f, base)
     return m, totals, _group_sums(ws, f)
 
 
