@@ -445,7 +445,8 @@ def _test_blocks_fn(phi):
         ``TEST_SELF_DRAWS``, with ``c = exp(log w - shift) / W - r / n``: the normalised weight less the
         control variate's prior ratio ``r`` (``norm = (1/W, 1/W')``, ``prior_norm = (1/n, 1/n')``, zeros without
         the control variate), so that one product gives each block's difference estimator."""
-        w = jnp.exp(base + 0.5 * (g * _rows_dot(f32, a)) ** 2 - shift)
+        w, _, m = _unnormalised(a, g, f32, base)
+        w = w * jnp.exp(m - shift)  # relative to the common shift of the normalisers
         r = jnp.exp(base)
         c = (w * norm[0] - r * prior_norm[0]).astype(jnp.float32)
         c_self = (w * norm[1] - r * prior_norm[1]).astype(jnp.float32)

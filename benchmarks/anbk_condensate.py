@@ -251,7 +251,7 @@ def solve_draw(draws, a, g, lmat, cuts, previous, starts, rng, convex_fn, new_cu
         for _ in range(6):
             rows = np.array([g * c["sign"] * c["v"] for c in cuts]).reshape(-1, len(a))
             bar = _Barrier(draws, rows, t, convex_fn)
-            a, gres = newton(bar, a, g) if convex_fn is not None else anbk_ais._newton(bar, a, g, 1e-8)[:2]
+            a, gres = newton(bar, a, g) if convex_fn is not None else anbk_ais._newton(bar, a, g, 1e-8, noise_share=0)[:2]
             new = False
             t1 = time.perf_counter()
             for sign in (1, -1):
@@ -321,6 +321,9 @@ def main():
     ap.add_argument("--start-gamma", type=float, default=None,
                     help="gamma0 of the AIS solution the first solve starts from (default: the first gamma0 / 2)")
     args = ap.parse_args()
+    # float64 for this script's own sums (Newton, barrier, ridges), as akviz.anbk has them inside its solves;
+    # anbk_ais's draws and Grams stay float32 where that file says so
+    jax.config.update("jax_enable_x64", True)
     # swapped in before anything is compiled: every batch function of anbk_ais then uses the cut weights
     anbk_ais._unnormalised = truncated_weights(args.cut)
     convex_fn = _batch_convex(args.cut) if args.convex else None
