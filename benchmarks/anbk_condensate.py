@@ -40,7 +40,7 @@ residual ``||F_fresh(a) + C - Phi|| / ||Phi||``, ``Phi = F(a) + C``, ``C = sum_i
   Fresh-draw residuals 0.019 and 0.029 (Monte Carlo error 0.012, 0.022; ESS 59% -> 23%); 43-68 s
   a solve. With ``--samples 1048576`` (commit 19aa03c, the same algorithm): residuals 0.0101 and
   0.0091 (Monte Carlo error 0.0103, 0.0087; ESS 16-22%), test MSE 0.1296-0.1299, 128-199 s a solve.
-  Those runs summed in float32. In float64 (2026-12-08, with the stretched, error-allocated mixture of
+  Those runs summed in float32. In float64 (2026-12-08, with the stretched mixture components of
   ``anbk_ais``; this script's refits keep the target's masses): condensate 41%, test MSE 0.1296-0.1301,
   residuals 0.0116 and 0.0068 (Monte Carlo error 0.0077, 0.0063; ESS 61%, 69%), 60-148 s a solve.
 * ``gamma0 = 0.8`` (a draft of this file, 256 starts): condensate 30%, test MSE 0.1356 (NNGP 0.2428),
