@@ -89,6 +89,11 @@ from .regression import kernel_ridge, score
 
 #: ESS (fraction of samples) below which an importance-sampling result is not trusted.
 ESS_FLOOR = 0.05
+#: The longest ``gamma0`` step of a cold (or distant) importance-sampling solve's continuation: near the edge of
+#: normalisability a longer one lands on a state whose tilted density does not normalise. On digits 3-vs-8
+#: (P = 100, relu, ``beta = 1``) a cold solve at 0.7 stepping 0.05, 0.1, 0.2, 0.4 gave up there (tail slope
+#: 1.001), and with steps of 0.1 from 0.2 on converged; warm neighbours 0.1 apart converge up to 0.6.
+AIS_MAX_STEP = 0.1
 #: Default ``samples`` and ``max_iter`` per solver (others: 2048 and 30).
 #: MALA: 8192 chains, where 2048 left the residual at 0.014-0.018 (Monte Carlo error 0.005-0.009) on digits 3-vs-8 at
 #: depth 2, gamma0 = 0.25 and 0.5 (beta = 1), and 8192 converged (0.008, 0.007) in 1.5x the time (docs/anbk.md).
@@ -595,13 +600,16 @@ def _full_kernels_mc(fns, act, phis, c_full, p, final, seed):
 # ---------------------------------------------------------------- public API
 
 
-def _continuation(g_from, g_to, first=0.05, ratio=1.5):
-    """Intermediate gamma0 values between a solved one and the target (geometric, excluding both ends)."""
-    out = []
-    g = max(g_from * ratio, first) if g_from > 0 else first
-    while g < g_to / 1.15:  # within 15% of the target: solve the target directly
+def _continuation(g_from, g_to, first=0.05, ratio=1.5, max_step=None):
+    """Intermediate gamma0 values between a solved one and the target (geometric, excluding both ends), with
+    no step, the last one to the target included, longer than ``max_step`` where it is given."""
+    cap = math.inf if max_step is None else max_step
+    out, prev = [], g_from
+    g = min(max(g_from * ratio, first), g_from + cap) if g_from > 0 else first
+    # within 15% of the target (and one step of it): solve the target directly
+    while g < g_to - 1e-9 and (g < g_to / 1.15 or g_to - prev > cap + 1e-9):  # 1e-9: sums of 0.1 round
         out.append(g)
-        g *= ratio
+        prev, g = g, min(g * ratio, g + cap)
     return out
 
 
@@ -836,8 +844,8 @@ def _run_ais(act, c_full, x_all, y_train, p, gamma0, beta, samples, seed, tol, m
     if a0 is None:
         a0 = np.linalg.solve(nngp[:p, :p] + np.eye(p) / beta, y_train)
     sol = _ais.solve_ais(act, c_full, p, y_train, gamma0, beta, samples, int(seed), tol, max_iter, a0, tau0,
-                         g_from, callback, start, functools.partial(_continuation, ratio=2.0), ESS_FLOOR,
-                         prior=nngp, refit0=refit0)
+                         g_from, callback, start, functools.partial(_continuation, ratio=2.0, max_step=AIS_MAX_STEP),
+                         ESS_FLOOR, prior=nngp, refit0=refit0)
     phis, ms, final, full = sol["phis"], sol["ms"], sol["final"], sol["full"]
     state = {"chains": None, "ms": np.array(ms), "ais": sol["state"]}
     return sol, phis, ms, final, state, full

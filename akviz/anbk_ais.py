@@ -915,6 +915,8 @@ def solve_ais(act, c_full, p, y, gamma0, beta, samples, seed, tol, max_iter, a0,
                newton_iterations=nit)
         tau, g_prev = fit_tau(d, g_step, a), g_step
         del d
+        if max(prob.tail_slopes(a, g_step, tau)) >= 1:  # this step's state is beyond reach already: so is the target
+            break
 
     g = gamma0
     a, prop = start_point(a, g, g_prev, refit)

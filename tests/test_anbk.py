@@ -877,6 +877,24 @@ def test_ais_agrees_with_mala_and_across_seeds():
     np.testing.assert_allclose(a0.kernels_full[0], a0.kernels_full[0].T)
 
 
+def test_continuation_steps_are_geometric_and_at_most_max_step():
+    """The intermediate gamma0 of a cold (or distant) solve: geometric from 0.05 and within 15% of the target, and
+    with ``max_step`` (importance sampling's) no step longer than it, the last one to the target included, the
+    rounding of repeated 0.1 steps not adding a step at the target itself."""
+    from akviz.anbk import AIS_MAX_STEP, _continuation
+
+    np.testing.assert_allclose(_continuation(0.0, 0.7, ratio=2.0), [0.05, 0.1, 0.2, 0.4])
+    np.testing.assert_allclose(_continuation(0.0, 0.3, ratio=2.0, max_step=0.1), [0.05, 0.1, 0.2])
+    for g_from, g_to in ((0.0, 0.5), (0.0, 0.65), (0.0, 1.0), (0.0, 2.0), (0.3, 0.7), (0.5, 0.7)):
+        steps = _continuation(g_from, g_to, ratio=2.0, max_step=AIS_MAX_STEP)
+        path = np.array([g_from] + steps + [g_to])
+        assert np.all(np.diff(path) > 0) and np.diff(path).max() <= AIS_MAX_STEP + 1e-9, path
+        assert g_to - path[-2] > 1e-6
+    np.testing.assert_allclose(_continuation(0.0, 0.65, ratio=2.0, max_step=0.1), [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    assert len(_continuation(0.0, 1.0, ratio=2.0, max_step=0.1)) == 10  # ..., 0.8, 0.9, then 1.0 itself
+    assert _continuation(0.6, 0.7, ratio=2.0, max_step=0.1) == []
+
+
 def test_ais_warm_start_skips_the_continuation():
     from akviz.anbk_ais import BATCH
 
