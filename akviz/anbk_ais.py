@@ -97,7 +97,8 @@ enough that the two noises leave the residual room below ``tol``
 and the fresh draw's (history records both: ``state_mc_error``, ``fresh_mc_error``),
 and ``converged`` needs the residual and that error below ``tol``, ESS above the
 floor and ``kappa < 1``. Cold solves go
-through intermediate ``gamma0`` values (one draw and Newton solve each), so that
+through intermediate ``gamma0`` values (one draw and Newton solve each, at most
+``akviz.anbk.AIS_MAX_STEP`` apart, and no further once a step's state is beyond reach), so that
 every proposal is built near the state it samples; a warm start draws first from
 the neighbour's last refitted mixture, its components moved with the mean-field
 modes.
