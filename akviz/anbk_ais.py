@@ -729,7 +729,7 @@ class _Problem:
         else:
             shift = mean_field - (refit["mean_field"] if "mean_field" in refit else self.mean_field(refit["b"], xis))
         modes = (refit["n"] * refit["sums"] + n_mass * shift + PRIOR_COUNT * mean_field) / (n_mass + PRIOR_COUNT)
-        pi = DEFENSIVE * t_weights + (1 - DEFENSIVE) * refit.get("alloc", refit["mass"])
+        pi = DEFENSIVE * t_weights + (1 - DEFENSIVE) * refit["alloc"]
         # each component's covariance excess in the span, shrunk to none by PRIOR_COUNT pseudo-draws
         lam, rot = np.linalg.eigh(0.5 * (refit["cov"] + np.swapaxes(refit["cov"], 1, 2)))
         count = (refit["n"] * refit["mass"])[:, None]
